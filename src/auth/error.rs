@@ -1,0 +1,119 @@
+//! The one error type of the `/auth` API and its mapping to status, code and message.
+//! Every error body is `{"error": {"code": "<snake_case>", "message": "<human text>"}}`.
+
+use std::time::Duration;
+
+use crate::password::HashError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the body or a field is malformed; the message names the field.
+    InvalidRequest(String),
+    /// 401: wrong email or password (the same answer for both).
+    InvalidCredentials,
+    /// 401: no session, or an unknown/expired one.
+    Unauthenticated,
+    /// 403: the account exists but is disabled.
+    AccountDisabled,
+    NotFound,
+    MethodNotAllowed,
+    /// 409: the field whose value is already taken.
+    Conflict(&'static str),
+    PayloadTooLarge(usize),
+    UnsupportedMediaType,
+    RateLimited(Duration),
+    /// 503: a store or the hashing pool cannot serve the request now.
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest(_) => 400,
+            ApiError::InvalidCredentials | ApiError::Unauthenticated => 401,
+            ApiError::AccountDisabled => 403,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::PayloadTooLarge(_) => 413,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::RateLimited(_) => 429,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::AccountDisabled => "account_disabled",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict("email") => "email_taken",
+            ApiError::Conflict("username") => "username_taken",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Unavailable(_) => "service_unavailable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::InvalidRequest(message) => message.clone(),
+            ApiError::InvalidCredentials => "invalid email or password".to_string(),
+            ApiError::Unauthenticated => "sign-in required".to_string(),
+            ApiError::AccountDisabled => "this account is disabled".to_string(),
+            ApiError::NotFound => "no such endpoint".to_string(),
+            ApiError::MethodNotAllowed => "method not allowed on this endpoint".to_string(),
+            ApiError::Conflict(field) => format!("that {field} is already registered"),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("request body exceeds the {limit}-byte limit")
+            }
+            ApiError::UnsupportedMediaType => {
+                "send Content-Type: application/json (or application/x-www-form-urlencoded)"
+                    .to_string()
+            }
+            ApiError::RateLimited(_) => "too many requests; retry later".to_string(),
+            ApiError::Unavailable(_) => "temporarily unavailable; retry shortly".to_string(),
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where one applies.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited(wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        error_body(self.code(), &self.message())
+    }
+}
+
+/// The JSON error body shared by the API and the proxy's own answers.
+pub fn error_body(code: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"error": {"code": code, "message": message}})
+        .to_string()
+        .into_bytes()
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(field) => ApiError::Conflict(field),
+            StoreError::Unavailable { .. } => ApiError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(error: HashError) -> Self {
+        ApiError::Unavailable(error.to_string())
+    }
+}

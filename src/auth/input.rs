@@ -1,0 +1,247 @@
+//! Request bodies of the `/auth` API: JSON objects, or form posts from the built-in pages,
+//! read into one field map; and the validation rules for each field. Every rejection is an
+//! [`ApiError::InvalidRequest`] whose message names the field.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+pub const MAX_EMAIL_LEN: usize = 254;
+/// bcrypt only looks at the first 72 bytes; longer passwords would silently be truncated.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+const MAX_USERNAME_LEN: usize = 50;
+const MAX_FULL_NAME_LEN: usize = 100;
+
+pub struct Fields(Map<String, Value>);
+
+impl Fields {
+    pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Fields, ApiError> {
+        let media_type = content_type
+            .and_then(|value| value.split(';').next())
+            .map(|value| value.trim().to_ascii_lowercase());
+        match media_type.as_deref() {
+            Some("application/json") => parse_json(body),
+            Some("application/x-www-form-urlencoded") => Ok(parse_form(body)),
+            _ => Err(ApiError::UnsupportedMediaType),
+        }
+    }
+
+    pub fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.optional(name)?
+            .ok_or_else(|| invalid(format!("{name} is required")))
+    }
+
+    pub fn optional(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => {
+                if text.chars().any(|c| c.is_control()) {
+                    return Err(invalid(format!(
+                        "{name} must not contain control characters"
+                    )));
+                }
+                Ok(Some(text))
+            }
+            Some(_) => Err(invalid(format!("{name} must be a string"))),
+        }
+    }
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::InvalidRequest(message)
+}
+
+fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {
+    if body.is_empty() {
+        return Err(invalid(
+            "request body is empty; send a JSON object".to_string(),
+        ));
+    }
+    // serde_json caps nesting depth (128), so a nesting bomb is a parse error, not a crash.
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(Fields(map)),
+        Ok(_) => Err(invalid("request body must be a JSON object".to_string())),
+        Err(error) => Err(invalid(format!(
+            "request body is not valid JSON ({})",
+            error.classify_name()
+        ))),
+    }
+}
+
+fn parse_form(body: &[u8]) -> Fields {
+    let map = form_urlencoded::parse(body)
+        .map(|(key, value)| (key.into_owned(), Value::String(value.into_owned())))
+        .collect();
+    Fields(map)
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected data",
+            serde_json::error::Category::Eof => "unexpected end of input",
+        }
+    }
+}
+
+/// Trims and lower-cases an email, then checks its shape.
+pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    if email.is_empty() {
+        return Err(invalid("email is required".to_string()));
+    }
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(invalid(format!(
+            "email must be at most {MAX_EMAIL_LEN} characters"
+        )));
+    }
+    let shape_ok = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && local.len() <= 64
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+                && !domain.contains('@')
+        }
+        None => false,
+    };
+    let characters_ok = email
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c));
+    if !(shape_ok && characters_ok) {
+        return Err(invalid("email is not a valid email address".to_string()));
+    }
+    Ok(email)
+}
+
+pub fn check_new_password(password: &str, email: &str, min_length: usize) -> Result<(), ApiError> {
+    if password.chars().count() < min_length {
+        return Err(invalid(format!(
+            "password must be at least {min_length} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(invalid(format!(
+            "password must be at most {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    if password.trim().to_lowercase() == email {
+        return Err(invalid(
+            "password must not be the email address".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_username(username: &str) -> Result<String, ApiError> {
+    let username = username.trim();
+    let ok = (3..=MAX_USERNAME_LEN).contains(&username.chars().count())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        return Err(invalid(format!(
+            "username must be 3 to {MAX_USERNAME_LEN} letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(username.to_string())
+}
+
+pub fn check_full_name(full_name: &str) -> Result<String, ApiError> {
+    let full_name = full_name.trim();
+    if full_name.chars().count() > MAX_FULL_NAME_LEN {
+        return Err(invalid(format!(
+            "full_name must be at most {MAX_FULL_NAME_LEN} characters"
+        )));
+    }
+    Ok(full_name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(error: ApiError) -> String {
+        match error {
+            ApiError::InvalidRequest(message) => message,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn emails_are_normalised() {
+        assert_eq!(
+            normalize_email("  Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
+    }
+
+    #[test]
+    fn bad_emails_name_the_field() {
+        for bad in [
+            "",
+            "no-at-sign",
+            "a@b",
+            "@example.com",
+            "a@@example.com",
+            "a b@example.com",
+            "a@example..com",
+        ] {
+            let error = normalize_email(bad).expect_err(bad);
+            assert!(message(error).contains("email"), "{bad}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(normalize_email(&long).is_err());
+    }
+
+    #[test]
+    fn password_rules() {
+        assert!(check_new_password("short", "a@b.co", 8).is_err());
+        assert!(check_new_password(&"x".repeat(73), "a@b.co", 8).is_err());
+        assert!(check_new_password("Alice@Example.com", "alice@example.com", 8).is_err());
+        assert!(check_new_password("correct horse", "a@b.co", 8).is_ok());
+    }
+
+    #[test]
+    fn fields_reject_wrong_types_and_control_characters() {
+        let fields = Fields::parse(
+            Some("application/json"),
+            br#"{"email": 5, "name": "a\u0000b"}"#,
+        )
+        .unwrap();
+        assert!(message(fields.required("email").unwrap_err()).contains("email must be a string"));
+        assert!(message(fields.optional("name").unwrap_err()).contains("name"));
+        assert!(message(fields.required("password").unwrap_err()).contains("password is required"));
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects_of_a_known_type() {
+        assert!(matches!(
+            Fields::parse(Some("text/plain"), b"{}"),
+            Err(ApiError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            Fields::parse(None, b"{}"),
+            Err(ApiError::UnsupportedMediaType)
+        ));
+        assert!(Fields::parse(Some("application/json"), b"[1]").is_err());
+        assert!(Fields::parse(Some("application/json"), b"{\"a\":").is_err());
+        assert!(Fields::parse(Some("application/json"), &[0xff, 0xfe]).is_err());
+        let bomb = "[".repeat(10_000);
+        assert!(Fields::parse(Some("application/json"), bomb.as_bytes()).is_err());
+        let form = Fields::parse(
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            b"email=a%40b.co&password=x",
+        )
+        .unwrap();
+        assert_eq!(form.required("email").unwrap(), "a@b.co");
+    }
+}

@@ -1,0 +1,282 @@
+//! The `gateway.toml` file format: serde types that mirror the file key for key.
+//!
+//! Scalar values that need parsing (durations, addresses, CIDRs) are parsed here, during
+//! deserialisation, so a bad value is reported by `toml` with its line and column. Rules that
+//! span several keys live in `config::validate`. Every key has a default; unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub session: SessionSection,
+    #[serde(default)]
+    pub password: PasswordSection,
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
+    #[serde(default)]
+    pub login_protection: LoginProtectionSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "socket_addr")]
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    pub public_origin: String,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    pub strip_headers: Vec<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            threads: 2,
+            trusted_proxies: vec![IpNet::from(std::net::IpAddr::from(
+                std::net::Ipv4Addr::LOCALHOST,
+            ))],
+            public_origin: "http://localhost:8080".to_string(),
+            shutdown_grace: Duration::from_secs(30),
+            strip_headers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    #[serde(deserialize_with = "duration")]
+    pub database_timeout: Duration,
+    pub redis_url: String,
+    pub redis_key_prefix: String,
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/test".to_string(),
+            database_max_connections: 10,
+            database_timeout: Duration::from_secs(2),
+            redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_key_prefix: "authgate:".to_string(),
+            redis_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    pub cookie_name: String,
+    pub secure_cookie: bool,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub absolute_timeout: Duration,
+    pub max_sessions_per_user: u32,
+    pub on_limit: OnLimit,
+    pub inject_user_email: bool,
+    pub inject_session_id: bool,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self {
+            cookie_name: "authgate_session".to_string(),
+            secure_cookie: false,
+            idle_timeout: Duration::from_secs(24 * 3600),
+            absolute_timeout: Duration::from_secs(30 * 24 * 3600),
+            max_sessions_per_user: 5,
+            on_limit: OnLimit::EvictOldest,
+            inject_user_email: false,
+            inject_session_id: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    EvictOldest,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordSection {
+    pub bcrypt_cost: u32,
+    pub min_length: usize,
+    pub max_concurrent_hashes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub hash_queue_timeout: Duration,
+}
+
+impl Default for PasswordSection {
+    fn default() -> Self {
+        Self {
+            bcrypt_cost: 12,
+            min_length: 8,
+            max_concurrent_hashes: 0,
+            hash_queue_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginProtectionSection {
+    pub max_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub lockout: Duration,
+    pub max_attempts_per_ip: u32,
+}
+
+impl Default for LoginProtectionSection {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window: Duration::from_secs(15 * 60),
+            lockout: Duration::from_secs(15 * 60),
+            max_attempts_per_ip: 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub prefix: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub auth: AuthMode,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_read_timeout", deserialize_with = "duration")]
+    pub read_timeout: Duration,
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    pub health_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Public,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration \"{text}\" ({e}); write e.g. \"500ms\", \"2s\", \"15m\", \"24h\", \"30d\""
+        ))
+    })
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid listen address \"{text}\"; write IP:PORT, e.g. \"0.0.0.0:8080\""
+        ))
+    })
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(deserializer)?;
+    items
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid CIDR \"{text}\"; write e.g. \"10.0.0.0/8\" or \"127.0.0.1\""
+                    ))
+                })
+        })
+        .collect()
+}

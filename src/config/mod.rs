@@ -1,0 +1,519 @@
+//! Configuration: loading `gateway.toml`, validating it, and the runtime shape the rest of the
+//! gateway reads.
+//!
+//! `file` is the serde shape of the file. This module turns it into [`Config`]: values resolved
+//! (upstream addresses, header names, the effective cookie name), cross-key rules checked, and
+//! every error named by its key path and line (`route[1].upstreams[0] (line 42): ...`).
+//! Nothing here does I/O beyond reading the file and resolving upstream host names.
+
+pub mod file;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use file::{
+    AuthMode, LogFormat, LogSection, LoginProtectionSection, OnLimit, RateLimitSection,
+    StorageSection,
+};
+use file::{FileConfig, PasswordSection, RouteSection, ServerSection, SessionSection};
+
+/// A configuration problem, phrased for the operator who has to fix the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageSection,
+    pub session: SessionConfig,
+    pub password: PasswordConfig,
+    pub rate_limit: RateLimitSection,
+    #[expect(dead_code, reason = "account lockout (issue 4) reads it")]
+    pub login_protection: LoginProtectionSection,
+    pub log: LogSection,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    #[expect(dead_code, reason = "CSRF origin checks (issue 4) read it")]
+    pub public_origin: String,
+    pub shutdown_grace: Duration,
+    /// Operator-listed headers to strip, on top of the built-in identity headers.
+    pub strip_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+pub struct SessionConfig {
+    /// The name actually sent: `__Host-<cookie_name>` when the cookie is Secure.
+    pub cookie_name: String,
+    pub secure_cookie: bool,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    #[expect(dead_code, reason = "the per-user session cap (issue 3) reads it")]
+    pub max_sessions_per_user: u32,
+    #[expect(dead_code, reason = "the per-user session cap (issue 3) reads it")]
+    pub on_limit: OnLimit,
+    pub inject_user_email: bool,
+    pub inject_session_id: bool,
+}
+
+#[derive(Debug)]
+pub struct PasswordConfig {
+    pub bcrypt_cost: u32,
+    pub min_length: usize,
+    /// Resolved: never zero.
+    pub max_concurrent_hashes: usize,
+    pub hash_queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// Lower-cased, without port.
+    pub host: Option<String>,
+    pub upstreams: Vec<SocketAddr>,
+    pub auth: AuthMode,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check_interval: Duration,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, then applies `DATABASE_URL` / `REDIS_URL`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let mut config = Config::parse(&text)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        config.apply_env(|name| std::env::var(name).ok());
+        Ok(config)
+    }
+
+    /// Parses and validates config text (no environment).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError(describe_toml(&e)))?;
+        validate(file).map_err(|invalid| {
+            let line = locate(text, &invalid.key)
+                .map(|n| format!(" (line {n})"))
+                .unwrap_or_default();
+            ConfigError(format!("{}{line}: {}", invalid.key, invalid.message))
+        })
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(url) = var("DATABASE_URL").filter(|v| !v.is_empty()) {
+            self.storage.database_url = url;
+        }
+        if let Some(url) = var("REDIS_URL").filter(|v| !v.is_empty()) {
+            self.storage.redis_url = url;
+        }
+    }
+}
+
+fn describe_toml(error: &toml::de::Error) -> String {
+    // toml's Display already carries "line N, column M" and a caret under the value.
+    error.to_string().trim_end().to_string()
+}
+
+struct Invalid {
+    key: String,
+    message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn validate(file: FileConfig) -> Result<Config, Invalid> {
+    let server = validate_server(file.server)?;
+    let session = validate_session(file.session)?;
+    let password = validate_password(file.password)?;
+    validate_storage(&file.storage)?;
+    let rate_limit = file.rate_limit;
+    if rate_limit.requests_per_second > 0 && rate_limit.burst == 0 {
+        return Err(invalid(
+            "rate_limit.burst",
+            "must be at least 1 when requests_per_second is set",
+        ));
+    }
+    let login_protection = file.login_protection;
+    if login_protection.max_failures == 0 {
+        return Err(invalid(
+            "login_protection.max_failures",
+            "must be at least 1",
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(&file.log.level)
+        .map_err(|e| invalid("log.level", format!("invalid filter: {e}")))?;
+    if file.routes.is_empty() {
+        return Err(invalid("route", "at least one [[route]] is required"));
+    }
+    let routes = file
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(index, route)| validate_route(index, route))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (index, route) in routes.iter().enumerate() {
+        let duplicate = routes[..index]
+            .iter()
+            .any(|earlier| earlier.prefix == route.prefix && earlier.host == route.host);
+        if duplicate {
+            return Err(invalid(
+                format!("route[{index}].prefix"),
+                format!("duplicate route for prefix \"{}\"", route.prefix),
+            ));
+        }
+    }
+    Ok(Config {
+        server,
+        storage: file.storage,
+        session,
+        password,
+        rate_limit,
+        login_protection,
+        log: file.log,
+        routes,
+    })
+}
+
+fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
+    if server.threads == 0 {
+        return Err(invalid("server.threads", "must be at least 1"));
+    }
+    if server.listen == server.admin_listen {
+        return Err(invalid(
+            "server.admin_listen",
+            "must differ from server.listen",
+        ));
+    }
+    let origin = server
+        .public_origin
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
+    if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+        return Err(invalid(
+            "server.public_origin",
+            format!("\"{origin}\" must start with http:// or https://"),
+        ));
+    }
+    let strip_headers = server
+        .strip_headers
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                invalid(
+                    format!("server.strip_headers[{index}]"),
+                    format!("\"{name}\" is not a valid header name"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ServerConfig {
+        listen: server.listen,
+        admin_listen: server.admin_listen,
+        threads: server.threads,
+        trusted_proxies: server.trusted_proxies,
+        public_origin: origin,
+        shutdown_grace: server.shutdown_grace,
+        strip_headers,
+    })
+}
+
+fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
+    let database = storage.database_url.trim();
+    if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+        return Err(invalid(
+            "storage.database_url",
+            "must be a postgres:// URL (the embedded SQLite mode is not available yet)",
+        ));
+    }
+    let redis = storage.redis_url.trim();
+    if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+        return Err(invalid(
+            "storage.redis_url",
+            "must be a redis:// URL (the in-process session store is not available yet)",
+        ));
+    }
+    if storage.database_max_connections == 0 {
+        return Err(invalid(
+            "storage.database_max_connections",
+            "must be at least 1",
+        ));
+    }
+    let prefix_ok = storage
+        .redis_key_prefix
+        .chars()
+        .all(|c| c.is_ascii_graphic());
+    if !prefix_ok {
+        return Err(invalid(
+            "storage.redis_key_prefix",
+            "may hold only visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
+    let name_ok = !session.cookie_name.is_empty()
+        && session
+            .cookie_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err(invalid(
+            "session.cookie_name",
+            "use letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if session.idle_timeout < Duration::from_secs(1) {
+        return Err(invalid("session.idle_timeout", "must be at least 1s"));
+    }
+    if session.absolute_timeout < session.idle_timeout {
+        return Err(invalid(
+            "session.absolute_timeout",
+            "must not be shorter than session.idle_timeout",
+        ));
+    }
+    if session.max_sessions_per_user == 0 {
+        return Err(invalid(
+            "session.max_sessions_per_user",
+            "must be at least 1",
+        ));
+    }
+    let cookie_name = if session.secure_cookie {
+        format!("__Host-{}", session.cookie_name)
+    } else {
+        session.cookie_name
+    };
+    Ok(SessionConfig {
+        cookie_name,
+        secure_cookie: session.secure_cookie,
+        idle_timeout: session.idle_timeout,
+        absolute_timeout: session.absolute_timeout,
+        max_sessions_per_user: session.max_sessions_per_user,
+        on_limit: session.on_limit,
+        inject_user_email: session.inject_user_email,
+        inject_session_id: session.inject_session_id,
+    })
+}
+
+fn validate_password(password: PasswordSection) -> Result<PasswordConfig, Invalid> {
+    if !(4..=31).contains(&password.bcrypt_cost) {
+        return Err(invalid("password.bcrypt_cost", "must be between 4 and 31"));
+    }
+    if !(1..=72).contains(&password.min_length) {
+        return Err(invalid("password.min_length", "must be between 1 and 72"));
+    }
+    let max_concurrent_hashes = match password.max_concurrent_hashes {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    Ok(PasswordConfig {
+        bcrypt_cost: password.bcrypt_cost,
+        min_length: password.min_length,
+        max_concurrent_hashes,
+        hash_queue_timeout: password.hash_queue_timeout,
+    })
+}
+
+fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Invalid> {
+    let key = |name: &str| format!("route[{index}].{name}");
+    if !route.prefix.starts_with('/') {
+        return Err(invalid(
+            key("prefix"),
+            format!("\"{}\" must start with '/'", route.prefix),
+        ));
+    }
+    if route.prefix == "/auth" || route.prefix.starts_with("/auth/") {
+        return Err(invalid(
+            key("prefix"),
+            "/auth is answered by the gateway itself and cannot be routed",
+        ));
+    }
+    let host = match route.host {
+        Some(host) if host.trim().is_empty() => {
+            return Err(invalid(key("host"), "must not be empty"))
+        }
+        Some(host) => Some(host.trim().to_ascii_lowercase()),
+        None => None,
+    };
+    if route.upstreams.is_empty() {
+        return Err(invalid(
+            key("upstreams"),
+            "at least one upstream is required",
+        ));
+    }
+    let upstreams = route
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            resolve_upstream(text)
+                .map_err(|message| invalid(format!("{}[{i}]", key("upstreams")), message))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if route.connect_timeout.is_zero() || route.read_timeout.is_zero() {
+        return Err(invalid(
+            key("connect_timeout"),
+            "timeouts must be above zero",
+        ));
+    }
+    Ok(RouteConfig {
+        prefix: route.prefix,
+        host,
+        upstreams,
+        auth: route.auth,
+        connect_timeout: route.connect_timeout,
+        read_timeout: route.read_timeout,
+        health_check_interval: route.health_check_interval,
+    })
+}
+
+/// `host:port` → a socket address (host names are resolved now, once).
+fn resolve_upstream(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let has_port = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        return Err(format!(
+            "invalid upstream address \"{text}\"; write HOST:PORT, e.g. \"127.0.0.1:3000\""
+        ));
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("cannot resolve upstream \"{text}\""))
+}
+
+/// Best-effort line number (1-based) of a key path such as `session.idle_timeout` or
+/// `route[2].upstreams[0]`, for error messages.
+fn locate(text: &str, key_path: &str) -> Option<usize> {
+    let mut parts = key_path.split('.');
+    let table = parts.next()?;
+    let key = parts.next().map(|k| k.split('[').next().unwrap_or(k));
+    let (table_name, wanted_index) = match table.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let mut in_table = false;
+    let mut seen = 0usize;
+    let mut table_line = None;
+    for (number, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            let header = trimmed.trim_matches(|c| c == '[' || c == ']').trim();
+            in_table = false;
+            if header == table_name {
+                match wanted_index {
+                    Some(wanted) => {
+                        in_table = seen == wanted;
+                        seen += 1;
+                    }
+                    None => in_table = true,
+                }
+                if in_table {
+                    table_line = Some(number + 1);
+                }
+            }
+            continue;
+        }
+        if let (true, Some(key)) = (in_table, key) {
+            let name = trimmed.split('=').next().unwrap_or("").trim();
+            if name == key {
+                return Some(number + 1);
+            }
+        }
+    }
+    table_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[route]]\nprefix = \"/\"\nupstreams = [\"127.0.0.1:3000\"]\n";
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let config = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(config.session.cookie_name, "authgate_session");
+        assert_eq!(config.session.idle_timeout, Duration::from_secs(86_400));
+        assert_eq!(config.password.bcrypt_cost, 12);
+        assert_eq!(config.routes[0].auth, AuthMode::Required);
+    }
+
+    #[test]
+    fn shipped_gateway_toml_is_valid() {
+        let text = include_str!("../../gateway.toml");
+        Config::parse(text).expect("the shipped gateway.toml must validate");
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_value() {
+        let text = format!("[session]\nidle_timeout = \"abc\"\n{MINIMAL}");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(error.contains("idle_timeout"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let text = format!("[session]\nidel_timeout = \"1h\"\n{MINIMAL}");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("idel_timeout"), "{error}");
+    }
+
+    #[test]
+    fn bad_upstream_names_route_index_and_line() {
+        let text = format!("{MINIMAL}[[route]]\nprefix = \"/x/\"\nupstreams = [\"nope\"]\n");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("route[1].upstreams[0] (line 6)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn secure_cookie_gets_host_prefix() {
+        let text = format!("[session]\nsecure_cookie = true\n{MINIMAL}");
+        let config = Config::parse(&text).expect("valid");
+        assert_eq!(config.session.cookie_name, "__Host-authgate_session");
+    }
+
+    #[test]
+    fn environment_overrides_storage_urls() {
+        let mut config = Config::parse(MINIMAL).expect("valid");
+        config.apply_env(|name| match name {
+            "DATABASE_URL" => Some("postgres://db/x".to_string()),
+            _ => None,
+        });
+        assert_eq!(config.storage.database_url, "postgres://db/x");
+        assert_eq!(config.storage.redis_url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn auth_prefix_cannot_be_routed() {
+        let text = "[[route]]\nprefix = \"/auth/\"\nupstreams = [\"127.0.0.1:1\"]\n";
+        assert!(Config::parse(text).is_err());
+    }
+}

@@ -1,0 +1,452 @@
+//! The gateway's request pipeline: the `ProxyHttp` implementation, and nothing else.
+//!
+//! ```text
+//!  request ─▶ request_filter ─────────────────────────────────────────────┐
+//!             1 client IP (trusted proxies)          client_ip.rs         │ answered here:
+//!             2 per-IP rate limit        ──▶ 429     limits/ip_rate.rs    │ 429, 400, 404,
+//!             3 strip identity headers               identity.rs          │ /auth/*, 401,
+//!             4 normalise path           ──▶ 400     path.rs              │ 503
+//!             5 /auth/*                  ──▶ API     auth/                │
+//!             6 route match              ──▶ 404     routes.rs            │
+//!             7 session (protected)      ──▶ 401/503 session/             ┘
+//!          ─▶ upstream_peer              round-robin healthy upstream, or 503
+//!          ─▶ upstream_request_filter    inject X-User-Id (+ email, session id); drop our cookie
+//!          ─▶ upstream_response_filter   upstream latency
+//!          ─▶ response_filter            re-issue the sliding session cookie
+//!          ─▶ fail_to_proxy              502/504 JSON when the upstream fails
+//!          ─▶ logging                    one access-log line + request metrics
+//! ```
+//!
+//! The hot path of a proxied request touches Redis once (the session check) and Postgres never.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::auth::{ApiError, AuthApi, AuthRequest, MAX_BODY_BYTES};
+use crate::config::AuthMode;
+use crate::identity::{self, IdentityHeaders};
+use crate::limits::ip_rate::IpRateLimiter;
+use crate::routes::{host_of, Route, RouteTable};
+use crate::session::{Lookup, SessionData, Sessions};
+use crate::telemetry::{Decision, Metrics};
+use crate::{client_ip, path, respond};
+
+/// How long a client may take to send an `/auth` request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub limiter: Arc<IpRateLimiter>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub identity_headers: IdentityHeaders,
+    pub sessions: Arc<Sessions>,
+    pub auth: Arc<AuthApi>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state carried between the hooks.
+pub struct RequestContext {
+    started: Instant,
+    client_ip: Option<IpAddr>,
+    /// The metrics/log label: the matched route's prefix, "/auth", or "none".
+    route_label: String,
+    route: Option<Arc<Route>>,
+    /// The authenticated session, for identity injection and the access log.
+    identity: Option<SessionData>,
+    /// A refreshed session cookie to hand back with the upstream's response.
+    set_cookie: Option<String>,
+    upstream_started: Option<Instant>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext {
+            started: Instant::now(),
+            client_ip: None,
+            route_label: "none".to_string(),
+            route: None,
+            identity: None,
+            set_cookie: None,
+            upstream_started: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<bool> {
+        let client_ip = self.client_ip(session);
+        ctx.client_ip = Some(client_ip);
+
+        if let Err(exceeded) = self.limiter.check(client_ip) {
+            self.metrics.decision(Decision::RateLimited);
+            let error = ApiError::RateLimited(exceeded.retry_after);
+            let mut headers = retry_after_header(&error);
+            headers.push(("ratelimit-limit", exceeded.limit.to_string()));
+            headers.push(("ratelimit-remaining", "0".to_string()));
+            headers.push(("ratelimit-reset", headers[0].1.clone()));
+            respond::error(session, 429, error.code(), &error.message(), &headers).await?;
+            return Ok(true);
+        }
+
+        self.identity_headers.strip(session.req_header_mut());
+
+        let path = match path::normalize(session.req_header().uri.path()) {
+            Ok(path) => path,
+            Err(error) => {
+                respond::error(session, 400, "invalid_path", error.message(), &[]).await?;
+                return Ok(true);
+            }
+        };
+
+        if AuthApi::is_auth_path(&path) {
+            ctx.route_label = "/auth".to_string();
+            self.serve_auth(session, path, client_ip).await?;
+            return Ok(true);
+        }
+
+        let host = request_host(session.req_header());
+        let Some(route) = self.routes.load().find(host.as_deref(), &path) else {
+            respond::error(session, 404, "not_found", "no route for this path", &[]).await?;
+            return Ok(true);
+        };
+        ctx.route_label = route.prefix.clone();
+        ctx.route = Some(route.clone());
+        rewrite_path(session.req_header_mut(), &path)?;
+
+        match route.auth {
+            AuthMode::Public => {
+                self.metrics.decision(Decision::Public);
+                Ok(false)
+            }
+            AuthMode::Required => self.authorize(session, ctx).await,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let peer = ctx
+            .route
+            .as_ref()
+            .and_then(|route| route.select_peer())
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        if let Some(client_ip) = ctx.client_ip {
+            upstream_request.insert_header("x-forwarded-for", client_ip.to_string())?;
+        }
+        let cookie_name = &self.sessions.config().cookie_name;
+        if crate::session::cookie::read(&upstream_request.headers, cookie_name).is_some() {
+            match crate::session::cookie::without(&upstream_request.headers, cookie_name) {
+                Some(rest) => upstream_request.insert_header(http::header::COOKIE, rest)?,
+                None => {
+                    upstream_request.remove_header(&http::header::COOKIE);
+                }
+            }
+        }
+        if let Some(identity) = &ctx.identity {
+            let config = self.sessions.config();
+            upstream_request.insert_header(identity::USER_ID, identity.user_id.to_string())?;
+            if config.inject_user_email {
+                upstream_request.insert_header(identity::USER_EMAIL, identity.email.as_str())?;
+            }
+            if config.inject_session_id {
+                upstream_request.insert_header(identity::SESSION_ID, identity.id.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        if let Some(started) = ctx.upstream_started {
+            self.metrics
+                .upstream_latency(&ctx.route_label, started.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        if let Some(cookie) = ctx.set_cookie.take() {
+            upstream_response.append_header("set-cookie", cookie)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        _ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        let (status, code, message) = match (error.etype(), error.esource()) {
+            (ErrorType::HTTPStatus(503), _) => (
+                503,
+                "upstream_unavailable",
+                "no healthy upstream for this route",
+            ),
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                ErrorSource::Upstream,
+            ) => (
+                504,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            (_, ErrorSource::Upstream) => {
+                (502, "bad_gateway", "the upstream is unreachable or failed")
+            }
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => {
+                (0, "", "") // the client is gone; nothing to answer
+            }
+            (_, ErrorSource::Downstream) => (400, "bad_request", "malformed request"),
+            _ => (502, "bad_gateway", "the request could not be proxied"),
+        };
+        if status > 0 {
+            let headers = if status == 503 {
+                vec![("retry-after", "1".to_string())]
+            } else {
+                Vec::new()
+            };
+            if let Err(write_error) = respond::error(session, status, code, message, &headers).await
+            {
+                tracing::debug!(%write_error, "cannot write error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        error: Option<&Error>,
+        ctx: &mut RequestContext,
+    ) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        self.metrics.request(&ctx.route_label, status);
+        let request = session.req_header();
+        tracing::info!(
+            target: "authgate::access",
+            method = %request.method,
+            path = %request.uri.path(),
+            route = %ctx.route_label,
+            status,
+            user_id = ctx.identity.as_ref().map(|identity| identity.user_id.to_string()).unwrap_or_default(),
+            latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            error = error.map(|e| e.etype().as_str()).unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+impl Gateway {
+    fn client_ip(&self, session: &Session) -> IpAddr {
+        let peer = session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+        client_ip::resolve(peer, &session.req_header().headers, &self.trusted_proxies)
+    }
+
+    /// Step 7: a protected route needs a live session. One Redis round trip validates it and
+    /// slides its idle expiry.
+    async fn authorize(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<bool> {
+        match self.sessions.lookup(&session.req_header().headers).await {
+            Ok(Lookup::Valid {
+                token,
+                session: live,
+            }) => {
+                self.metrics.decision(Decision::Allowed);
+                ctx.set_cookie = Some(self.sessions.refresh_cookie(&token, &live));
+                ctx.identity = Some(live.data);
+                Ok(false)
+            }
+            Ok(lookup) => {
+                self.metrics.decision(Decision::Unauthenticated);
+                let error = ApiError::Unauthenticated;
+                let headers = match lookup {
+                    Lookup::Invalid => vec![("set-cookie", self.sessions.clear_cookie())],
+                    _ => Vec::new(),
+                };
+                respond::error(session, 401, error.code(), &error.message(), &headers).await?;
+                Ok(true)
+            }
+            Err(store_error) => {
+                // Fail closed: without the session store nobody gets through.
+                self.metrics.decision(Decision::StoreUnavailable);
+                tracing::warn!(error = %store_error, "session store unavailable");
+                let error = ApiError::Unavailable(store_error.to_string());
+                respond::error(
+                    session,
+                    503,
+                    error.code(),
+                    &error.message(),
+                    &retry_after_header(&error),
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Step 5: read the (capped) body and let the API answer.
+    async fn serve_auth(
+        &self,
+        session: &mut Session,
+        path: String,
+        client_ip: IpAddr,
+    ) -> pingora::Result<()> {
+        let response = match read_body(session, MAX_BODY_BYTES).await {
+            Ok(body) => {
+                let request = AuthRequest {
+                    method: session.req_header().method.clone(),
+                    path,
+                    headers: session.req_header().headers.clone(),
+                    body,
+                    client_ip,
+                };
+                self.auth.handle(request).await
+            }
+            Err(error) => {
+                // The rest of the body is unread: this connection cannot be reused.
+                session.set_keepalive(None);
+                crate::auth::AuthResponse::error(&error)
+            }
+        };
+        respond::send(
+            session,
+            response.status,
+            response.content_type,
+            &response.headers,
+            response.body,
+        )
+        .await
+    }
+}
+
+fn retry_after_header(error: &ApiError) -> Vec<(&'static str, String)> {
+    error
+        .retry_after()
+        .map(|seconds| vec![("retry-after", seconds.to_string())])
+        .unwrap_or_default()
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let read_all = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await.map_err(|e| {
+            ApiError::InvalidRequest(format!(
+                "cannot read the request body: {}",
+                e.etype().as_str()
+            ))
+        })? {
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_all)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::InvalidRequest(
+                "request body took too long to arrive".to_string(),
+            ))
+        })
+}
+
+fn request_host(request: &RequestHeader) -> Option<String> {
+    request
+        .uri
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        })
+        .map(|host| host_of(&host))
+}
+
+/// Forwards the normalised path, so the upstream serves exactly what was authorised.
+fn rewrite_path(request: &mut RequestHeader, normalized: &str) -> pingora::Result<()> {
+    if request.uri.path() == normalized {
+        return Ok(());
+    }
+    let path_and_query = match request.uri.query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized.to_string(),
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| {
+            Error::because(
+                ErrorType::InvalidHTTPHeader,
+                "cannot rebuild the request path",
+                e,
+            )
+        })?;
+    request.set_uri(uri);
+    Ok(())
+}

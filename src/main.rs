@@ -1,0 +1,75 @@
+//! authgate: a reverse-proxy authentication gateway on Pingora.
+//!
+//! CLI: `authgate [--config FILE]` runs the gateway; `authgate check --config FILE` validates a
+//! config and exits; `authgate migrate --config FILE` applies database migrations and exits.
+
+mod admin;
+mod auth;
+mod client_ip;
+mod config;
+mod gateway;
+mod identity;
+mod limits;
+mod password;
+mod path;
+mod respond;
+mod routes;
+mod server;
+mod session;
+mod store;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "authgate",
+    version,
+    about = "Reverse-proxy authentication gateway"
+)]
+struct Cli {
+    /// The gateway.toml to run with.
+    #[arg(long, short, global = true, default_value = "gateway.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config file and exit: 0 if valid, 1 with the offending key if not.
+    Check,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("authgate: invalid configuration: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!("{}: configuration is valid", cli.config.display());
+            Ok(())
+        }
+        Command::Migrate => server::migrate(config),
+        Command::Run => server::run(config),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("authgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

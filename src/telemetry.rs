@@ -1,0 +1,258 @@
+//! Metrics (Prometheus) and logs (tracing).
+//!
+//! One [`Metrics`] value owns every series the gateway exports; it is created once and shared.
+//! Label values come from small fixed sets or from the route table (never from the request), so
+//! a client cannot blow up the series count.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSection};
+
+/// The auth decision taken for a request (SPEC §8 "auth decisions").
+#[derive(Debug, Clone, Copy)]
+pub enum Decision {
+    Allowed,
+    Unauthenticated,
+    RateLimited,
+    #[expect(dead_code, reason = "account lockout (issue 4) reports it")]
+    Locked,
+    Public,
+    StoreUnavailable,
+}
+
+impl Decision {
+    fn label(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::RateLimited => "rate_limited",
+            Decision::Locked => "locked",
+            Decision::Public => "public",
+            Decision::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Store {
+    Redis,
+    Postgres,
+}
+
+impl Store {
+    pub fn label(self) -> &'static str {
+        match self {
+            Store::Redis => "redis",
+            Store::Postgres => "postgres",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    upstream_latency: HistogramVec,
+    decisions: IntCounterVec,
+    logins: IntCounterVec,
+    registrations: IntCounterVec,
+    rate_limited: IntCounter,
+    sessions_created: IntCounter,
+    sessions_ended: IntCounterVec,
+    store_errors: IntCounterVec,
+    store_latency: HistogramVec,
+    rate_limiter_clients: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "authgate_http_requests_total",
+                "Requests on the public listener by route prefix and status class.",
+            ),
+            &["route", "status_class"],
+        )?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "authgate_upstream_latency_seconds",
+                "Time from choosing an upstream to receiving its response header.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "authgate_auth_decisions_total",
+                "Access decisions on requests: allowed, unauthenticated, rate_limited, locked, public, store_unavailable.",
+            ),
+            &["decision"],
+        )?;
+        let logins = IntCounterVec::new(
+            Opts::new("authgate_logins_total", "Login attempts by outcome."),
+            &["outcome"],
+        )?;
+        let registrations = IntCounterVec::new(
+            Opts::new("authgate_registrations_total", "Registrations by outcome."),
+            &["outcome"],
+        )?;
+        let rate_limited = IntCounter::new(
+            "authgate_rate_limited_total",
+            "Requests refused by the per-IP rate limiter.",
+        )?;
+        let sessions_created = IntCounter::new(
+            "authgate_sessions_created_total",
+            "Sessions created at login.",
+        )?;
+        let sessions_ended = IntCounterVec::new(
+            Opts::new(
+                "authgate_sessions_ended_total",
+                "Sessions ended, by reason (logout, revoked, evicted, expired).",
+            ),
+            &["reason"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "authgate_store_errors_total",
+                "Failed or timed-out calls to a backing store.",
+            ),
+            &["store"],
+        )?;
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "authgate_store_latency_seconds",
+                "Latency of calls to a backing store.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["store", "operation"],
+        )?;
+        let rate_limiter_clients = IntGauge::new(
+            "authgate_rate_limiter_tracked_clients",
+            "Client IPs (IPv6: /64s) the rate limiter currently holds state for.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(logins.clone()))?;
+        registry.register(Box::new(registrations.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(sessions_created.clone()))?;
+        registry.register(Box::new(sessions_ended.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(store_latency.clone()))?;
+        registry.register(Box::new(rate_limiter_clients.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            decisions,
+            logins,
+            registrations,
+            rate_limited,
+            sessions_created,
+            sessions_ended,
+            store_errors,
+            store_latency,
+            rate_limiter_clients,
+        })
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        self.requests.with_label_values(&[route, class]).inc();
+    }
+
+    pub fn upstream_latency(&self, route: &str, elapsed: Duration) {
+        self.upstream_latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn decision(&self, decision: Decision) {
+        self.decisions.with_label_values(&[decision.label()]).inc();
+        if let Decision::RateLimited = decision {
+            self.rate_limited.inc();
+        }
+    }
+
+    /// `outcome`: success, failure, invalid, disabled, unavailable.
+    pub fn login(&self, outcome: &'static str) {
+        self.logins.with_label_values(&[outcome]).inc();
+    }
+
+    /// `outcome`: created, conflict, invalid, unavailable.
+    pub fn registration(&self, outcome: &'static str) {
+        self.registrations.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn session_created(&self) {
+        self.sessions_created.inc();
+    }
+
+    /// `reason`: logout, revoked, evicted, expired.
+    pub fn session_ended(&self, reason: &'static str) {
+        self.sessions_ended.with_label_values(&[reason]).inc();
+    }
+
+    pub fn store_call(&self, store: Store, operation: &'static str, elapsed: Duration, ok: bool) {
+        self.store_latency
+            .with_label_values(&[store.label(), operation])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors.with_label_values(&[store.label()]).inc();
+        }
+    }
+
+    pub fn rate_limiter_clients(&self, count: usize) {
+        self.rate_limiter_clients
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level.
+pub fn init_logging(config: &LogSection) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if installed.is_err() {
+        eprintln!("authgate: a logger was already installed");
+    }
+}
