@@ -89,7 +89,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<bool> {
-        let client_ip = self.client_ip(session);
+        let (client_ip, via_trusted_proxy) = self.client_ip(session);
         ctx.client_ip = Some(client_ip);
 
         if let Err(exceeded) = self.limiter.check(client_ip) {
@@ -115,7 +115,8 @@ impl ProxyHttp for Gateway {
 
         if AuthApi::is_auth_path(&path) {
             ctx.route_label = "/auth".to_string();
-            self.serve_auth(session, path, client_ip).await?;
+            self.serve_auth(session, path, client_ip, via_trusted_proxy)
+                .await?;
             return Ok(true);
         }
 
@@ -133,7 +134,7 @@ impl ProxyHttp for Gateway {
                 self.metrics.decision(Decision::Public);
                 Ok(false)
             }
-            AuthMode::Required => self.authorize(session, ctx).await,
+            AuthMode::Required => self.authorize(session, ctx, client_ip).await,
         }
     }
 
@@ -283,12 +284,15 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    fn client_ip(&self, session: &Session) -> IpAddr {
+    /// The client's IP, and whether the TCP peer is a trusted proxy.
+    fn client_ip(&self, session: &Session) -> (IpAddr, bool) {
         let peer = session
             .client_addr()
             .and_then(|addr| addr.as_inet())
             .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
-        client_ip::resolve(peer, &session.req_header().headers, &self.trusted_proxies)
+        let trusted = self.trusted_proxies.iter().any(|net| net.contains(&peer));
+        let client = client_ip::resolve(peer, &session.req_header().headers, &self.trusted_proxies);
+        (client, trusted)
     }
 
     /// Step 7: a protected route needs a live session. One Redis round trip validates it and
@@ -297,8 +301,13 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestContext,
+        client_ip: IpAddr,
     ) -> pingora::Result<bool> {
-        match self.sessions.lookup(&session.req_header().headers).await {
+        match self
+            .sessions
+            .lookup(&session.req_header().headers, client_ip)
+            .await
+        {
             Ok(Lookup::Valid {
                 token,
                 session: live,
@@ -342,6 +351,7 @@ impl Gateway {
         session: &mut Session,
         path: String,
         client_ip: IpAddr,
+        via_trusted_proxy: bool,
     ) -> pingora::Result<()> {
         let response = match read_body(session, MAX_BODY_BYTES).await {
             Ok(body) => {
@@ -351,6 +361,7 @@ impl Gateway {
                     headers: session.req_header().headers.clone(),
                     body,
                     client_ip,
+                    via_trusted_proxy,
                 };
                 self.auth.handle(request).await
             }

@@ -26,7 +26,11 @@ use crate::limits::ip_rate::IpRateLimiter;
 use crate::password::PasswordHasher;
 use crate::routes::RouteTable;
 use crate::session::redis::{RedisConnection, RedisSessionStore};
+use crate::geo::Locator;
+use crate::session::activity::ActivityTracker;
+use crate::session::jobs::{self, ExpiryJob};
 use crate::session::Sessions;
+use crate::store::behind::WriteBehind;
 use crate::store::postgres::PostgresStore;
 use crate::store::RecordStore;
 use crate::telemetry::{self, Metrics};
@@ -91,6 +95,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &config.storage.redis_key_prefix,
         metrics.clone(),
     );
+    let locator = Arc::new(Locator::new(&config.geoip)?);
     let Config {
         server: server_config,
         session: session_config,
@@ -99,23 +104,47 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         routes: route_configs,
         ..
     } = config;
+    let records_dyn: Arc<dyn RecordStore> = records;
+    let (writer, write_behind) = WriteBehind::new(records_dyn.clone(), metrics.clone());
+    background.spawn(write_behind);
+    let activity = Arc::new(ActivityTracker::default());
+    let session_config = Arc::new(session_config);
     let sessions = Arc::new(Sessions::new(
         Arc::new(session_store),
-        Arc::new(session_config),
+        session_config.clone(),
+        activity.clone(),
+        writer.clone(),
+        metrics.clone(),
     ));
+    background.spawn(jobs::flush_activity(
+        activity,
+        records_dyn.clone(),
+        session_config.activity_flush_interval,
+    ));
+    background.spawn(
+        ExpiryJob {
+            records: records_dyn.clone(),
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+            interval: session_config.expiry_check_interval,
+            retention: session_config.record_retention,
+        }
+        .run(),
+    );
     let hasher = Arc::new(PasswordHasher::new(
         &password_config,
         background.handle().clone(),
     )?);
-    let records_dyn: Arc<dyn RecordStore> = records;
-    let auth = Arc::new(AuthApi::new(
-        sessions.clone(),
-        records_dyn.clone(),
+    let auth = Arc::new(AuthApi {
+        sessions: sessions.clone(),
+        records: records_dyn.clone(),
+        writer,
         hasher,
-        metrics.clone(),
-        password_config.min_length,
-        database_ready.clone(),
-    ));
+        locator,
+        metrics: metrics.clone(),
+        min_password_length: password_config.min_length,
+        database_ready: database_ready.clone(),
+    });
 
     let table = Arc::new(RouteTable::build(&route_configs).context("route table")?);
     background.spawn(table.clone().run_health_checks());

@@ -67,6 +67,9 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     store_latency: HistogramVec,
     rate_limiter_clients: IntGauge,
+    active_sessions: IntGauge,
+    session_anomalies: IntCounterVec,
+    write_behind_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -140,6 +143,24 @@ impl Metrics {
             "authgate_rate_limiter_tracked_clients",
             "Client IPs (IPv6: /64s) the rate limiter currently holds state for.",
         )?;
+        let active_sessions = IntGauge::new(
+            "authgate_active_sessions",
+            "Session records in state active (refreshed by the expiry job).",
+        )?;
+        let session_anomalies = IntCounterVec::new(
+            Opts::new(
+                "authgate_session_anomalies_total",
+                "Sessions used from another IP or user agent than they were created with.",
+            ),
+            &["kind"],
+        )?;
+        let write_behind_dropped = IntCounter::new(
+            "authgate_write_behind_dropped_total",
+            "Audit/session records dropped because the write-behind queue was full.",
+        )?;
+        registry.register(Box::new(active_sessions.clone()))?;
+        registry.register(Box::new(session_anomalies.clone()))?;
+        registry.register(Box::new(write_behind_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
@@ -164,6 +185,9 @@ impl Metrics {
             store_errors,
             store_latency,
             rate_limiter_clients,
+            active_sessions,
+            session_anomalies,
+            write_behind_dropped,
         })
     }
 
@@ -223,6 +247,19 @@ impl Metrics {
     pub fn rate_limiter_clients(&self, count: usize) {
         self.rate_limiter_clients
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn active_sessions(&self, count: i64) {
+        self.active_sessions.set(count);
+    }
+
+    /// `kind`: ip_changed, ua_changed.
+    pub fn session_anomaly(&self, kind: &'static str) {
+        self.session_anomalies.with_label_values(&[kind]).inc();
+    }
+
+    pub fn write_behind_dropped(&self) {
+        self.write_behind_dropped.inc();
     }
 
     /// The Prometheus text exposition of every series.

@@ -20,6 +20,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 409: the field whose value is already taken.
     Conflict(&'static str),
+    /// 409: the per-user session cap is reached and the policy is `reject`.
+    SessionLimit(u32),
     PayloadTooLarge(usize),
     UnsupportedMediaType,
     RateLimited(Duration),
@@ -35,7 +37,7 @@ impl ApiError {
             ApiError::AccountDisabled => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::Conflict(_) => 409,
+            ApiError::Conflict(_) | ApiError::SessionLimit(_) => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType => 415,
             ApiError::RateLimited(_) => 429,
@@ -54,6 +56,7 @@ impl ApiError {
             ApiError::Conflict("email") => "email_taken",
             ApiError::Conflict("username") => "username_taken",
             ApiError::Conflict(_) => "conflict",
+            ApiError::SessionLimit(_) => "session_limit_reached",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited(_) => "rate_limited",
@@ -70,6 +73,9 @@ impl ApiError {
             ApiError::NotFound => "no such endpoint".to_string(),
             ApiError::MethodNotAllowed => "method not allowed on this endpoint".to_string(),
             ApiError::Conflict(field) => format!("that {field} is already registered"),
+            ApiError::SessionLimit(limit) => format!(
+                "this account already has {limit} active sessions; sign out of one first"
+            ),
             ApiError::PayloadTooLarge(limit) => {
                 format!("request body exceeds the {limit}-byte limit")
             }

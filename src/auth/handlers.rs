@@ -1,12 +1,14 @@
-//! The `/auth` endpoints: register, login, logout, me.
+//! The `/auth` endpoints: account (register, login, logout, me, password) and the signed-in
+//! user's sessions, devices and IPs.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
+use uuid::Uuid;
 
 use super::error::ApiError;
 use super::input::{self, Fields};
 use super::{AuthApi, AuthRequest, AuthResponse};
-use crate::session::{LiveSession, Lookup, SessionData, SessionToken};
+use crate::session::{LiveSession, Login, Lookup, SessionData, SessionToken, Started};
 use crate::store::{AuthEvent, NewUser, SessionEnd, SessionRecord, User};
 
 impl AuthApi {
@@ -19,8 +21,7 @@ impl AuthApi {
             Err(_) => "invalid",
         });
         let user = result?;
-        self.audit(request, "register", Some(user.id), None, json!({}))
-            .await;
+        self.audit(request, "register", Some(user.id), None, json!({}));
         Ok(AuthResponse::json(201, &json!({ "user": user })))
     }
 
@@ -53,49 +54,52 @@ impl AuthApi {
     }
 
     pub(super) async fn login(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
-        let fields = Fields::parse(request.header("content-type"), &request.body)
-            .inspect_err(|_| self.metrics.login("invalid"))?;
-        let email = fields
-            .required("email")
-            .and_then(input::normalize_email)
-            .inspect_err(|_| self.metrics.login("invalid"))?;
-        let password = fields
-            .required("password")
-            .inspect_err(|_| self.metrics.login("invalid"))?;
+        let result = self.sign_in(request).await;
+        self.metrics.login(match &result {
+            Ok(_) => "success",
+            Err(ApiError::InvalidCredentials) => "failure",
+            Err(ApiError::AccountDisabled) => "disabled",
+            Err(ApiError::SessionLimit(_)) => "session_limit",
+            Err(ApiError::Unavailable(_)) => "unavailable",
+            Err(_) => "invalid",
+        });
+        let (user, started) = result?;
+        self.metrics.session_created();
+        let body = json!({
+            "user": user,
+            "session": session_json(&started.data, None),
+        });
+        Ok(AuthResponse::json(200, &body)
+            .with_header("set-cookie", self.sessions.new_cookie(&started.token)))
+    }
+
+    async fn sign_in(&self, request: &AuthRequest) -> Result<(User, Started), ApiError> {
+        let fields = Fields::parse(request.header("content-type"), &request.body)?;
+        let email = input::normalize_email(fields.required("email")?)?;
+        let password = fields.required("password")?;
         self.require_database()?;
 
-        let credentials = self
-            .records
-            .credentials_by_email(&email)
-            .await
-            .inspect_err(|_| self.metrics.login("unavailable"))?;
+        let credentials = self.records.credentials_by_email(&email).await?;
         // Always one bcrypt verification, against a dummy hash when there is no such account,
         // so unknown emails and wrong passwords look alike.
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
         let password_ok = password.len() <= input::MAX_PASSWORD_BYTES
-            && self
-                .hasher
-                .verify(password.to_string(), stored_hash)
-                .await
-                .inspect_err(|_| self.metrics.login("unavailable"))?;
+            && self.hasher.verify(password.to_string(), stored_hash).await?;
         let now = Utc::now();
         let credentials = match credentials {
             Some(credentials) if password_ok => credentials,
             other => {
-                self.metrics.login("failure");
                 let user_id = other.map(|c| c.user.id);
                 if let Some(user_id) = user_id {
                     if let Err(error) = self.records.record_failed_login(user_id, now).await {
                         tracing::warn!(%error, "cannot record failed login");
                     }
                 }
-                self.audit(request, "login_failed", user_id, None, json!({}))
-                    .await;
+                self.audit(request, "login_failed", user_id, None, json!({}));
                 return Err(ApiError::InvalidCredentials);
             }
         };
         if !credentials.is_active {
-            self.metrics.login("disabled");
             return Err(ApiError::AccountDisabled);
         }
 
@@ -104,68 +108,103 @@ impl AuthApi {
 
         let user = credentials.user;
         let user_agent = request.user_agent();
-        let (token, session) = self
-            .sessions
-            .start(user.id, &user.email, request.client_ip, &user_agent, now)
-            .await
-            .inspect_err(|_| self.metrics.login("unavailable"))?;
-        let record = SessionRecord {
-            id: session.id,
+        let device_label = crate::device::label(&user_agent);
+        let location =
+            self.locator
+                .locate(request.client_ip, &request.headers, request.via_trusted_proxy);
+        let device_id = self
+            .records
+            .upsert_device(user.id, &user_agent, &device_label, now)
+            .await?;
+        let ip_id = self
+            .records
+            .upsert_ip(user.id, request.client_ip, location.as_deref(), now)
+            .await?;
+        let login = Login {
             user_id: user.id,
-            token_hash: token.hash(),
+            email: user.email.clone(),
+            ip: request.client_ip,
+            user_agent: user_agent.clone(),
+            device_id: Some(device_id),
+            device_label,
+            ip_id: Some(ip_id),
+            location: location.clone(),
+        };
+        let started = self
+            .sessions
+            .start(login, now)
+            .await?
+            .ok_or(ApiError::SessionLimit(
+                self.sessions.config().max_sessions_per_user,
+            ))?;
+        let record = SessionRecord {
+            id: started.data.id,
+            user_id: user.id,
+            token_hash: started.token.hash(),
             ip: request.client_ip,
             user_agent,
+            device_id: Some(device_id),
+            ip_id: Some(ip_id),
+            location,
             created_at: now,
-            expires_at: timestamp(session.absolute_expiry_ms),
+            expires_at: timestamp(started.data.absolute_expiry_ms),
         };
         if let Err(error) = self.records.insert_session(&record).await {
             // Without its durable record the session must not exist either.
-            if let Err(cleanup) = self.sessions.end(&token, &session).await {
+            if let Err(cleanup) = self.sessions.end(&started.data).await {
                 tracing::warn!(error = %cleanup, "cannot undo session after database failure");
             }
-            self.metrics.login("unavailable");
             return Err(error.into());
         }
         if let Err(error) = self.records.record_login(user.id, now).await {
             tracing::warn!(%error, "cannot stamp last_login");
         }
-        self.metrics.login("success");
-        self.metrics.session_created();
+        self.record_evictions(request, &started);
         self.audit(
             request,
             "login_ok",
             Some(user.id),
-            Some(session.id),
+            Some(started.data.id),
             json!({}),
-        )
-        .await;
-
+        );
         let user = User {
             last_login: Some(now),
             ..user
         };
-        let body = json!({
-            "user": user,
-            "session": session_json(&session, None),
-        });
-        Ok(AuthResponse::json(200, &body)
-            .with_header("set-cookie", self.sessions.new_cookie(&token)))
+        Ok((user, started))
+    }
+
+    fn record_evictions(&self, request: &AuthRequest, started: &Started) {
+        if started.evicted.is_empty() {
+            return;
+        }
+        for id in &started.evicted {
+            self.metrics.session_ended("evicted");
+            self.audit(
+                request,
+                "session_evicted",
+                Some(started.data.user_id),
+                Some(*id),
+                json!({ "by_session": started.data.id }),
+            );
+        }
+        self.writer
+            .sessions_ended(started.evicted.clone(), SessionEnd::Revoked, "evicted");
     }
 
     pub(super) async fn logout(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
-        let (token, live) = self.authenticate(request).await?;
-        self.sessions.end(&token, &live.data).await?;
+        let (_, live) = self.authenticate(request).await?;
+        self.sessions.end(&live.data).await?;
         self.metrics.session_ended("logout");
-        self.record_session_end(&live.data, SessionEnd::LoggedOut, "logout")
-            .await;
+        self.writer
+            .sessions_ended(vec![live.data.id], SessionEnd::LoggedOut, "logout");
         self.audit(
             request,
             "logout",
             Some(live.data.user_id),
             Some(live.data.id),
             json!({}),
-        )
-        .await;
+        );
         Ok(AuthResponse::no_content().with_header("set-cookie", self.sessions.clear_cookie()))
     }
 
@@ -179,16 +218,218 @@ impl AuthApi {
             .ok_or(ApiError::Unauthenticated)?;
         // The user's fields at the top level (as the seed service answered) and under "user"
         // (like register and login), so clients of either shape work.
-        let mut body = serde_json::to_value(&user).unwrap_or_else(|_| json!({}));
+        let user_value = serde_json::to_value(&user).unwrap_or_else(|_| json!({}));
+        let mut body = user_value.clone();
         if let Some(object) = body.as_object_mut() {
-            object.insert(
-                "user".to_string(),
-                serde_json::to_value(&user).unwrap_or_default(),
-            );
+            object.insert("user".to_string(), user_value);
             object.insert("session".to_string(), session_json(&live.data, Some(&live)));
         }
-        Ok(AuthResponse::json(200, &body)
-            .with_header("set-cookie", self.sessions.refresh_cookie(&token, &live)))
+        Ok(self.authenticated(AuthResponse::json(200, &body), &token, &live))
+    }
+
+    pub(super) async fn list_sessions(
+        &self,
+        request: &AuthRequest,
+    ) -> Result<AuthResponse, ApiError> {
+        let (token, current) = self.authenticate(request).await?;
+        let mut sessions = self.sessions.list(current.data.user_id).await?;
+        sessions.sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms));
+        let listed: Vec<_> = sessions
+            .iter()
+            .map(|session| {
+                json!({
+                    "id": session.data.id,
+                    "device": session.data.device_label,
+                    "device_id": session.data.device_id,
+                    "user_agent": session.data.user_agent,
+                    "ip": session.data.ip.to_string(),
+                    "location": session.data.location,
+                    "created_at": timestamp(session.data.created_at_ms),
+                    "last_activity": timestamp(session.last_activity_ms),
+                    "expires_at": timestamp(session.data.absolute_expiry_ms),
+                    "idle_expires_at": idle_expiry(session),
+                    "current": session.data.id == current.data.id,
+                })
+            })
+            .collect();
+        let body = json!({ "sessions": listed, "total_active_sessions": listed.len() });
+        Ok(self.authenticated(AuthResponse::json(200, &body), &token, &current))
+    }
+
+    pub(super) async fn revoke_session(
+        &self,
+        request: &AuthRequest,
+        id: &str,
+    ) -> Result<AuthResponse, ApiError> {
+        let (token, current) = self.authenticate(request).await?;
+        let session_id: Uuid = id
+            .parse()
+            .map_err(|_| ApiError::InvalidRequest("session id must be a UUID".to_string()))?;
+        // Only the caller's own index is consulted: another user's id is simply not found.
+        if !self
+            .sessions
+            .revoke(current.data.user_id, session_id)
+            .await?
+        {
+            return Err(ApiError::NotFound);
+        }
+        self.metrics.session_ended("revoked");
+        self.writer
+            .sessions_ended(vec![session_id], SessionEnd::Revoked, "revoked_by_user");
+        self.audit(
+            request,
+            "revoke",
+            Some(current.data.user_id),
+            Some(session_id),
+            json!({ "by_session": current.data.id }),
+        );
+        let response = AuthResponse::no_content();
+        if session_id == current.data.id {
+            return Ok(response.with_header("set-cookie", self.sessions.clear_cookie()));
+        }
+        Ok(self.authenticated(response, &token, &current))
+    }
+
+    pub(super) async fn revoke_other_sessions(
+        &self,
+        request: &AuthRequest,
+    ) -> Result<AuthResponse, ApiError> {
+        let (token, current) = self.authenticate(request).await?;
+        let revoked = self.revoke_others(request, &current.data, "revoked_by_user").await?;
+        let body = json!({ "revoked": revoked });
+        Ok(self.authenticated(AuthResponse::json(200, &body), &token, &current))
+    }
+
+    pub(super) async fn list_devices(
+        &self,
+        request: &AuthRequest,
+    ) -> Result<AuthResponse, ApiError> {
+        let (token, current) = self.authenticate(request).await?;
+        self.require_database()?;
+        let live = self.sessions.list(current.data.user_id).await?;
+        let devices = self.records.devices(current.data.user_id).await?;
+        let listed: Vec<_> = devices
+            .iter()
+            .map(|device| {
+                let sessions = live
+                    .iter()
+                    .filter(|session| session.data.device_id == Some(device.id))
+                    .count();
+                json!({
+                    "id": device.id,
+                    "label": device.label,
+                    "user_agent": device.user_agent,
+                    "first_used": device.first_seen,
+                    "last_used": device.last_seen,
+                    "active": sessions > 0,
+                    "active_sessions": sessions,
+                    "current": current.data.device_id == Some(device.id),
+                })
+            })
+            .collect();
+        let body = json!({ "devices": listed });
+        Ok(self.authenticated(AuthResponse::json(200, &body), &token, &current))
+    }
+
+    pub(super) async fn list_ips(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
+        let (token, current) = self.authenticate(request).await?;
+        self.require_database()?;
+        let ips = self.records.ips(current.data.user_id).await?;
+        let listed: Vec<_> = ips
+            .iter()
+            .map(|ip| {
+                json!({
+                    "id": ip.id,
+                    "address": ip.address.to_string(),
+                    "location": ip.location,
+                    "first_used": ip.first_seen,
+                    "last_used": ip.last_seen,
+                    "current": current.data.ip_id == Some(ip.id),
+                })
+            })
+            .collect();
+        let body = json!({ "ips": listed });
+        Ok(self.authenticated(AuthResponse::json(200, &body), &token, &current))
+    }
+
+    pub(super) async fn change_password(
+        &self,
+        request: &AuthRequest,
+    ) -> Result<AuthResponse, ApiError> {
+        let (token, current) = self.authenticate(request).await?;
+        let fields = Fields::parse(request.header("content-type"), &request.body)?;
+        let current_password = fields.required("current_password")?;
+        let new_password = fields.required("new_password")?;
+        input::check_new_password(new_password, &current.data.email, self.min_password_length)
+            .map_err(|error| match error {
+                ApiError::InvalidRequest(message) => {
+                    ApiError::InvalidRequest(format!("new_{message}"))
+                }
+                other => other,
+            })?;
+        self.require_database()?;
+        let stored = self.records.password_hash(current.data.user_id).await?;
+        if stored.is_none() {
+            return Err(ApiError::Unauthenticated);
+        }
+        let matches = current_password.len() <= input::MAX_PASSWORD_BYTES
+            && self
+                .hasher
+                .verify(current_password.to_string(), stored)
+                .await?;
+        if !matches {
+            self.audit(
+                request,
+                "password_change_failed",
+                Some(current.data.user_id),
+                Some(current.data.id),
+                json!({}),
+            );
+            return Err(ApiError::InvalidRequest(
+                "current_password is not correct".to_string(),
+            ));
+        }
+        let hash = self.hasher.hash(new_password.to_string()).await?;
+        self.records
+            .set_password_hash(current.data.user_id, &hash)
+            .await?;
+        let revoked = self
+            .revoke_others(request, &current.data, "password_changed")
+            .await?;
+        self.audit(
+            request,
+            "password_changed",
+            Some(current.data.user_id),
+            Some(current.data.id),
+            json!({ "revoked_sessions": revoked }),
+        );
+        Ok(self.authenticated(AuthResponse::no_content(), &token, &current))
+    }
+
+    /// Ends every session of the user but `current`; returns how many.
+    async fn revoke_others(
+        &self,
+        request: &AuthRequest,
+        current: &SessionData,
+        reason: &'static str,
+    ) -> Result<usize, ApiError> {
+        let ended = self
+            .sessions
+            .revoke_all_except(current.user_id, Some(current.id))
+            .await?;
+        for id in &ended {
+            self.metrics.session_ended("revoked");
+            self.audit(
+                request,
+                "revoke",
+                Some(current.user_id),
+                Some(*id),
+                json!({ "by_session": current.id, "reason": reason }),
+            );
+        }
+        let count = ended.len();
+        self.writer.sessions_ended(ended, SessionEnd::Revoked, reason);
+        Ok(count)
     }
 
     /// The caller's live session, or 401.
@@ -196,53 +437,60 @@ impl AuthApi {
         &self,
         request: &AuthRequest,
     ) -> Result<(SessionToken, LiveSession), ApiError> {
-        match self.sessions.lookup(&request.headers).await? {
+        match self
+            .sessions
+            .lookup(&request.headers, request.client_ip)
+            .await?
+        {
             Lookup::Valid { token, session } => Ok((token, session)),
             Lookup::Missing | Lookup::Invalid => Err(ApiError::Unauthenticated),
         }
     }
 
+    /// Adds the refreshed sliding cookie to a response for a signed-in caller.
+    fn authenticated(
+        &self,
+        response: AuthResponse,
+        token: &SessionToken,
+        live: &LiveSession,
+    ) -> AuthResponse {
+        response.with_header("set-cookie", self.sessions.refresh_cookie(token, live))
+    }
+
     async fn end_presented_session(&self, request: &AuthRequest) {
-        if let Ok(Lookup::Valid { token, session }) = self.sessions.lookup(&request.headers).await {
-            if let Ok(true) = self.sessions.end(&token, &session.data).await {
+        let lookup = self
+            .sessions
+            .lookup(&request.headers, request.client_ip)
+            .await;
+        if let Ok(Lookup::Valid { session, .. }) = lookup {
+            if let Ok(true) = self.sessions.end(&session.data).await {
                 self.metrics.session_ended("revoked");
-                self.record_session_end(&session.data, SessionEnd::Revoked, "replaced_by_login")
-                    .await;
+                self.writer.sessions_ended(
+                    vec![session.data.id],
+                    SessionEnd::Revoked,
+                    "replaced_by_login",
+                );
             }
         }
     }
 
-    async fn record_session_end(&self, session: &SessionData, end: SessionEnd, reason: &str) {
-        if let Err(error) = self
-            .records
-            .end_session(session.id, end, reason, Utc::now())
-            .await
-        {
-            // The live session is already gone; the record is corrected by the expiry job.
-            tracing::warn!(%error, session_id = %session.id, "cannot record session end");
-        }
-    }
-
-    /// Appends to the audit trail; a failure is logged, never fatal to the request.
-    async fn audit(
+    /// Appends to the audit trail, written behind the request.
+    fn audit(
         &self,
         request: &AuthRequest,
         kind: &'static str,
-        user_id: Option<uuid::Uuid>,
-        session_id: Option<uuid::Uuid>,
+        user_id: Option<Uuid>,
+        session_id: Option<Uuid>,
         detail: serde_json::Value,
     ) {
-        let event = AuthEvent {
+        self.writer.event(AuthEvent {
             kind,
             user_id,
             session_id,
             ip: Some(request.client_ip),
             user_agent: Some(request.user_agent()),
             detail,
-        };
-        if let Err(error) = self.records.record_event(&event).await {
-            tracing::warn!(%error, kind, "cannot record auth event");
-        }
+        });
     }
 }
 
@@ -252,15 +500,21 @@ fn timestamp(unix_ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+fn idle_expiry(live: &LiveSession) -> DateTime<Utc> {
+    Utc::now() + live.idle_remaining
+}
+
 fn session_json(session: &SessionData, live: Option<&LiveSession>) -> serde_json::Value {
     let mut value = json!({
         "id": session.id,
         "created_at": timestamp(session.created_at_ms),
         "expires_at": timestamp(session.absolute_expiry_ms),
+        "device": session.device_label,
+        "ip": session.ip.to_string(),
+        "location": session.location,
     });
     if let (Some(live), Some(object)) = (live, value.as_object_mut()) {
-        let idle_expiry = Utc::now() + live.idle_remaining;
-        object.insert("idle_expires_at".to_string(), json!(idle_expiry));
+        object.insert("idle_expires_at".to_string(), json!(idle_expiry(live)));
     }
     value
 }

@@ -17,7 +17,9 @@ use http::{HeaderMap, Method};
 
 pub use error::ApiError;
 
+use crate::geo::Locator;
 use crate::password::PasswordHasher;
+use crate::store::behind::WriteBehind;
 use crate::session::Sessions;
 use crate::store::RecordStore;
 use crate::telemetry::Metrics;
@@ -31,6 +33,8 @@ pub struct AuthRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub client_ip: IpAddr,
+    /// Whether the TCP peer is a trusted proxy (whose CDN headers may be believed).
+    pub via_trusted_proxy: bool,
 }
 
 impl AuthRequest {
@@ -39,11 +43,7 @@ impl AuthRequest {
     }
 
     fn user_agent(&self) -> String {
-        self.header("user-agent")
-            .unwrap_or("")
-            .chars()
-            .take(512)
-            .collect()
+        crate::session::truncate_user_agent(self.header("user-agent").unwrap_or(""))
     }
 }
 
@@ -94,47 +94,50 @@ impl AuthResponse {
 }
 
 pub struct AuthApi {
-    pub(crate) sessions: Arc<Sessions>,
-    pub(crate) records: Arc<dyn RecordStore>,
-    pub(crate) hasher: Arc<PasswordHasher>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) min_password_length: usize,
+    pub sessions: Arc<Sessions>,
+    pub records: Arc<dyn RecordStore>,
+    pub writer: WriteBehind,
+    pub hasher: Arc<PasswordHasher>,
+    pub locator: Arc<Locator>,
+    pub metrics: Arc<Metrics>,
+    pub min_password_length: usize,
     /// Set once the database schema is migrated; until then database-backed calls get 503.
-    database_ready: Arc<AtomicBool>,
+    pub database_ready: Arc<AtomicBool>,
 }
 
 impl AuthApi {
-    pub fn new(
-        sessions: Arc<Sessions>,
-        records: Arc<dyn RecordStore>,
-        hasher: Arc<PasswordHasher>,
-        metrics: Arc<Metrics>,
-        min_password_length: usize,
-        database_ready: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            sessions,
-            records,
-            hasher,
-            metrics,
-            min_password_length,
-            database_ready,
-        }
-    }
 
     pub fn is_auth_path(path: &str) -> bool {
         path == "/auth" || path.starts_with("/auth/")
     }
 
     pub async fn handle(&self, request: AuthRequest) -> AuthResponse {
-        let result = match (request.path.as_str(), &request.method) {
-            ("/auth/register", &Method::POST) => self.register(&request).await,
-            ("/auth/login", &Method::POST) => self.login(&request).await,
-            ("/auth/logout", &Method::POST) => self.logout(&request).await,
-            ("/auth/user/me", &Method::GET) => self.me(&request).await,
-            ("/auth/register" | "/auth/login" | "/auth/logout" | "/auth/user/me", _) => {
-                Err(ApiError::MethodNotAllowed)
+        let method = &request.method;
+        let result = match request.path.as_str() {
+            "/auth/register" if method == Method::POST => self.register(&request).await,
+            "/auth/login" if method == Method::POST => self.login(&request).await,
+            "/auth/logout" if method == Method::POST => self.logout(&request).await,
+            "/auth/user/me" if method == Method::GET => self.me(&request).await,
+            "/auth/user/sessions" if method == Method::GET => self.list_sessions(&request).await,
+            "/auth/user/sessions" if method == Method::DELETE => {
+                self.revoke_other_sessions(&request).await
             }
+            "/auth/user/devices" if method == Method::GET => self.list_devices(&request).await,
+            "/auth/user/ips" if method == Method::GET => self.list_ips(&request).await,
+            "/auth/user/password" if method == Method::POST => {
+                self.change_password(&request).await
+            }
+            path if path.starts_with("/auth/user/sessions/") => {
+                let id = &path["/auth/user/sessions/".len()..];
+                if method == Method::DELETE {
+                    self.revoke_session(&request, id).await
+                } else {
+                    Err(ApiError::MethodNotAllowed)
+                }
+            }
+            "/auth/register" | "/auth/login" | "/auth/logout" | "/auth/user/me"
+            | "/auth/user/sessions" | "/auth/user/devices" | "/auth/user/ips"
+            | "/auth/user/password" => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         };
         result.unwrap_or_else(|error| {

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub login_protection: LoginProtectionSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub geoip: GeoipSection,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
 }
@@ -103,6 +105,13 @@ pub struct SessionSection {
     pub on_limit: OnLimit,
     pub inject_user_email: bool,
     pub inject_session_id: bool,
+    pub bind_session_to_user_agent: bool,
+    #[serde(deserialize_with = "duration")]
+    pub activity_flush_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub expiry_check_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub record_retention: Duration,
 }
 
 impl Default for SessionSection {
@@ -116,6 +125,10 @@ impl Default for SessionSection {
             on_limit: OnLimit::EvictOldest,
             inject_user_email: false,
             inject_session_id: false,
+            bind_session_to_user_agent: false,
+            activity_flush_interval: Duration::from_secs(60),
+            expiry_check_interval: Duration::from_secs(60),
+            record_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -200,6 +213,16 @@ impl Default for LogSection {
             level: "info".to_string(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoipSection {
+    /// Path to a MaxMind-format (.mmdb) City or Country database; empty: none.
+    pub database: String,
+    /// A header carrying the client's country, set by a CDN in front (e.g. "CF-IPCountry");
+    /// believed only from trusted proxies. Empty: none.
+    pub country_header: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

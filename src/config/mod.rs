@@ -15,8 +15,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use file::{
-    AuthMode, LogFormat, LogSection, LoginProtectionSection, OnLimit, RateLimitSection,
-    StorageSection,
+    AuthMode, GeoipSection, LogFormat, LogSection, LoginProtectionSection, OnLimit,
+    RateLimitSection, StorageSection,
 };
 use file::{FileConfig, PasswordSection, RouteSection, ServerSection, SessionSection};
 
@@ -36,7 +36,14 @@ pub struct Config {
     #[expect(dead_code, reason = "account lockout (issue 4) reads it")]
     pub login_protection: LoginProtectionSection,
     pub log: LogSection,
+    pub geoip: GeoipConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct GeoipConfig {
+    pub database: Option<std::path::PathBuf>,
+    pub country_header: Option<HeaderName>,
 }
 
 #[derive(Debug)]
@@ -59,12 +66,14 @@ pub struct SessionConfig {
     pub secure_cookie: bool,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
-    #[expect(dead_code, reason = "the per-user session cap (issue 3) reads it")]
     pub max_sessions_per_user: u32,
-    #[expect(dead_code, reason = "the per-user session cap (issue 3) reads it")]
     pub on_limit: OnLimit,
     pub inject_user_email: bool,
     pub inject_session_id: bool,
+    pub bind_session_to_user_agent: bool,
+    pub activity_flush_interval: Duration,
+    pub expiry_check_interval: Duration,
+    pub record_retention: Duration,
 }
 
 #[derive(Debug)]
@@ -178,6 +187,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
             ));
         }
     }
+    let geoip = validate_geoip(file.geoip)?;
     Ok(Config {
         server,
         storage: file.storage,
@@ -186,6 +196,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
         rate_limit,
         login_protection,
         log: file.log,
+        geoip,
         routes,
     })
 }
@@ -290,6 +301,20 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
             "must not be shorter than session.idle_timeout",
         ));
     }
+    for (key, value) in [
+        (
+            "session.activity_flush_interval",
+            session.activity_flush_interval,
+        ),
+        (
+            "session.expiry_check_interval",
+            session.expiry_check_interval,
+        ),
+    ] {
+        if value < Duration::from_millis(100) {
+            return Err(invalid(key, "must be at least 100ms"));
+        }
+    }
     if session.max_sessions_per_user == 0 {
         return Err(invalid(
             "session.max_sessions_per_user",
@@ -310,6 +335,39 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
         on_limit: session.on_limit,
         inject_user_email: session.inject_user_email,
         inject_session_id: session.inject_session_id,
+        bind_session_to_user_agent: session.bind_session_to_user_agent,
+        activity_flush_interval: session.activity_flush_interval,
+        expiry_check_interval: session.expiry_check_interval,
+        record_retention: session.record_retention,
+    })
+}
+
+fn validate_geoip(geoip: GeoipSection) -> Result<GeoipConfig, Invalid> {
+    let database = match geoip.database.trim() {
+        "" => None,
+        path => {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_file() {
+                return Err(invalid(
+                    "geoip.database",
+                    format!("no such file: {}", path.display()),
+                ));
+            }
+            Some(path)
+        }
+    };
+    let country_header = match geoip.country_header.trim() {
+        "" => None,
+        name => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(
+                "geoip.country_header",
+                format!("\"{name}\" is not a valid header name"),
+            )
+        })?),
+    };
+    Ok(GeoipConfig {
+        database,
+        country_header,
     })
 }
 

@@ -5,9 +5,16 @@
 //! - `user:<user id>:sessions`: a hash from public session id to token hash, so listing and
 //!   revoking a user's sessions never scans the keyspace.
 //!
-//! Validation and sliding happen in one Lua script (one round trip): it reads the session,
-//! deletes it if past its absolute expiry, else resets its TTL to
-//! `min(idle timeout, time left before the absolute expiry)` and returns the data.
+//! Every operation is one Lua script, so each is one round trip and atomic:
+//! - `touch` reads the session, deletes it if past its absolute expiry, else stamps its last
+//!   activity, resets its TTL to `min(idle timeout, time left before the absolute expiry)` and
+//!   returns the data;
+//! - `create` prunes dead index entries, enforces the per-user cap (evicting the least
+//!   recently active sessions, or refusing) and inserts, so concurrent logins cannot overshoot;
+//! - `list`, `revoke` and `revoke_all` walk the user's index.
+//!
+//! The scripts touch session keys they derive from the index, so on Redis Cluster a user's
+//! keys would need one hash slot; this store targets standalone/Sentinel Redis for now.
 //!
 //! The connection is made lazily and re-made by itself after Redis comes back, so the gateway
 //! starts without Redis and recovers without a restart. Every call is bounded by
@@ -23,10 +30,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use super::{LiveSession, SessionData, SessionStore, TokenHash};
+use super::{Created, LiveSession, SessionCap, SessionData, SessionStore, TokenHash};
+use crate::config::OnLimit;
 use crate::store::StoreError;
 use crate::telemetry::{Metrics, Store};
 
+/// Field order shared by every script that returns a session.
+const SESSION_FIELDS: &str =
+    "'id', 'user', 'email', 'ip', 'ua', 'device', 'dlabel', 'ipid', 'loc', 'created', 'abs', 'last'";
+
+/// KEYS[1] session key; ARGV now_ms, idle_ms. Returns fields + remaining idle ms, or nil.
 const TOUCH_SCRIPT: &str = r#"
 local abs = redis.call('HGET', KEYS[1], 'abs')
 if not abs then return false end
@@ -37,11 +50,93 @@ if left <= 0 then
 end
 local idle = tonumber(ARGV[2])
 if idle < left then left = idle end
+redis.call('HSET', KEYS[1], 'last', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], left)
-local fields = redis.call('HMGET', KEYS[1], 'id', 'user', 'email', 'ip', 'ua', 'created', 'abs')
+local fields = redis.call('HMGET', KEYS[1], FIELDS)
 table.insert(fields, left)
 return fields
 "#;
+
+/// KEYS[1] user index, KEYS[2] new session key; ARGV: session key prefix, cap, policy,
+/// ttl ms, index ttl ms, session id, token hash, then field/value pairs.
+/// Returns {'ok', evicted ids...} or {'rejected'}.
+const CREATE_SCRIPT: &str = r#"
+local entries = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #entries, 2 do
+  local key = ARGV[1] .. entries[i + 1]
+  local last = redis.call('HGET', key, 'last') or redis.call('HGET', key, 'created')
+  if last then
+    table.insert(live, {entries[i], entries[i + 1], tonumber(last)})
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+local result = {'ok'}
+local cap = tonumber(ARGV[2])
+if #live >= cap then
+  if ARGV[3] == 'reject' then return {'rejected'} end
+  table.sort(live, function(a, b) return a[3] < b[3] end)
+  for i = 1, #live - cap + 1 do
+    redis.call('DEL', ARGV[1] .. live[i][2])
+    redis.call('HDEL', KEYS[1], live[i][1])
+    table.insert(result, live[i][1])
+  end
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return result
+"#;
+
+/// KEYS[1] user index; ARGV[1] session key prefix. Returns one array per live session:
+/// fields + remaining ms. Dead index entries are pruned on the way.
+const LIST_SCRIPT: &str = r#"
+local entries = redis.call('HGETALL', KEYS[1])
+local sessions = {}
+for i = 1, #entries, 2 do
+  local key = ARGV[1] .. entries[i + 1]
+  local left = redis.call('PTTL', key)
+  if left > 0 then
+    local fields = redis.call('HMGET', key, FIELDS)
+    table.insert(fields, left)
+    table.insert(sessions, fields)
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+return sessions
+"#;
+
+/// KEYS[1] user index; ARGV[1] session key prefix, ARGV[2] session id. Returns 1 if a live
+/// session was ended, else 0.
+const REVOKE_SCRIPT: &str = r#"
+local hash = redis.call('HGET', KEYS[1], ARGV[2])
+if not hash then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+return redis.call('DEL', ARGV[1] .. hash)
+"#;
+
+/// KEYS[1] user index; ARGV[1] session key prefix, ARGV[2] the session id to keep (or '').
+/// Returns the ids of the live sessions ended.
+const REVOKE_ALL_SCRIPT: &str = r#"
+local entries = redis.call('HGETALL', KEYS[1])
+local ended = {}
+for i = 1, #entries, 2 do
+  if entries[i] ~= ARGV[2] then
+    redis.call('HDEL', KEYS[1], entries[i])
+    if redis.call('DEL', ARGV[1] .. entries[i + 1]) == 1 then
+      table.insert(ended, entries[i])
+    end
+  end
+end
+return ended
+"#;
+
+fn script(source: &str) -> Script {
+    Script::new(&source.replace("FIELDS", SESSION_FIELDS))
+}
 
 /// A Redis connection that is made on first use and re-made after failures.
 pub struct RedisConnection {
@@ -130,8 +225,16 @@ fn unavailable(detail: String) -> StoreError {
 pub struct RedisSessionStore {
     connection: Arc<RedisConnection>,
     prefix: String,
-    touch_script: Script,
+    scripts: Scripts,
     metrics: Arc<Metrics>,
+}
+
+struct Scripts {
+    touch: Script,
+    create: Script,
+    list: Script,
+    revoke: Script,
+    revoke_all: Script,
 }
 
 impl RedisSessionStore {
@@ -139,9 +242,19 @@ impl RedisSessionStore {
         Self {
             connection,
             prefix: prefix.to_string(),
-            touch_script: Script::new(TOUCH_SCRIPT),
+            scripts: Scripts {
+                touch: script(TOUCH_SCRIPT),
+                create: script(CREATE_SCRIPT),
+                list: script(LIST_SCRIPT),
+                revoke: script(REVOKE_SCRIPT),
+                revoke_all: script(REVOKE_ALL_SCRIPT),
+            },
             metrics,
         }
+    }
+
+    fn session_prefix(&self) -> String {
+        format!("{}session:", self.prefix)
     }
 
     fn session_key(&self, token: &TokenHash) -> String {
@@ -170,10 +283,32 @@ impl RedisSessionStore {
         }
         result
     }
+
+    /// Runs a script on the user's index.
+    async fn on_index<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        user_id: Uuid,
+        extra: Option<String>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection.get().await?;
+        let mut invocation = script.key(self.user_index_key(user_id));
+        invocation.arg(self.session_prefix());
+        if let Some(extra) = extra {
+            invocation.arg(extra);
+        }
+        self.call(operation, invocation.invoke_async(&mut connection))
+            .await
+    }
 }
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn optional(value: &Option<impl ToString>) -> String {
+    value.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
 #[async_trait]
@@ -183,33 +318,51 @@ impl SessionStore for RedisSessionStore {
         token: &TokenHash,
         session: &SessionData,
         idle: Duration,
-    ) -> Result<(), StoreError> {
+        cap: SessionCap,
+    ) -> Result<Created, StoreError> {
         let mut connection = self.connection.get().await?;
-        let key = self.session_key(token);
-        let index = self.user_index_key(session.user_id);
-        let ttl = millis(idle).min(session.absolute_expiry_ms - session.created_at_ms);
+        let lifetime = session.absolute_expiry_ms - session.created_at_ms;
+        let ttl = millis(idle).min(lifetime);
+        let mut invocation = self.scripts.create.key(self.user_index_key(session.user_id));
+        invocation
+            .key(self.session_key(token))
+            .arg(self.session_prefix())
+            .arg(cap.max_sessions)
+            .arg(match cap.on_limit {
+                OnLimit::EvictOldest => "evict_oldest",
+                OnLimit::Reject => "reject",
+            })
+            .arg(ttl)
+            // The index outlives every session it lists; refreshed at each login.
+            .arg(lifetime)
+            .arg(session.id.to_string())
+            .arg(token.to_hex());
         let fields = [
             ("id", session.id.to_string()),
             ("user", session.user_id.to_string()),
             ("email", session.email.clone()),
             ("ip", session.ip.to_string()),
             ("ua", session.user_agent.clone()),
+            ("device", optional(&session.device_id)),
+            ("dlabel", session.device_label.clone()),
+            ("ipid", optional(&session.ip_id)),
+            ("loc", optional(&session.location)),
             ("created", session.created_at_ms.to_string()),
             ("abs", session.absolute_expiry_ms.to_string()),
+            ("last", session.created_at_ms.to_string()),
         ];
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .pexpire(&key, ttl)
-            .ignore()
-            .hset(&index, session.id.to_string(), token.to_hex())
-            .ignore()
-            // The index outlives every session it lists; refreshed at each login.
-            .pexpire(&index, session.absolute_expiry_ms - session.created_at_ms)
-            .ignore();
-        self.call("create", pipe.query_async::<()>(&mut connection))
-            .await
+        for (name, value) in fields {
+            invocation.arg(name).arg(value);
+        }
+        let reply: Vec<String> = self
+            .call("create", invocation.invoke_async(&mut connection))
+            .await?;
+        match reply.split_first() {
+            Some((status, evicted)) if status == "ok" => Ok(Created::Ok {
+                evicted: evicted.iter().filter_map(|id| id.parse().ok()).collect(),
+            }),
+            _ => Ok(Created::LimitReached),
+        }
     }
 
     async fn touch(
@@ -219,7 +372,7 @@ impl SessionStore for RedisSessionStore {
         idle: Duration,
     ) -> Result<Option<LiveSession>, StoreError> {
         let mut connection = self.connection.get().await?;
-        let mut invocation = self.touch_script.key(self.session_key(token));
+        let mut invocation = self.scripts.touch.key(self.session_key(token));
         invocation.arg(now_ms).arg(millis(idle));
         let reply: Option<Vec<redis::Value>> = self
             .call("touch", invocation.invoke_async(&mut connection))
@@ -227,19 +380,54 @@ impl SessionStore for RedisSessionStore {
         Ok(reply.and_then(|fields| parse_live_session(&fields)))
     }
 
-    async fn remove(&self, token: &TokenHash, session: &SessionData) -> Result<bool, StoreError> {
-        let mut connection = self.connection.get().await?;
-        let key = self.session_key(token);
-        let index = self.user_index_key(session.user_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&key)
-            .hdel(&index, session.id.to_string())
-            .ignore();
-        let (deleted,): (i64,) = self
-            .call("remove", pipe.query_async(&mut connection))
+    async fn list(&self, user_id: Uuid) -> Result<Vec<LiveSession>, StoreError> {
+        let replies: Vec<Vec<redis::Value>> = self
+            .on_index("list", &self.scripts.list, user_id, None)
             .await?;
-        Ok(deleted > 0)
+        Ok(replies
+            .iter()
+            .filter_map(|fields| parse_live_session(fields))
+            .collect())
+    }
+
+    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+        let ended: i64 = self
+            .on_index(
+                "revoke",
+                &self.scripts.revoke,
+                user_id,
+                Some(session_id.to_string()),
+            )
+            .await?;
+        Ok(ended > 0)
+    }
+
+    async fn revoke_all_except(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ended: Vec<String> = self
+            .on_index(
+                "revoke_all",
+                &self.scripts.revoke_all,
+                user_id,
+                Some(optional(&keep)),
+            )
+            .await?;
+        Ok(ended.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.get().await?;
+        let mut pipe = redis::pipe();
+        for token in tokens {
+            pipe.exists(self.session_key(token));
+        }
+        self.call("live", pipe.query_async(&mut connection)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -252,24 +440,33 @@ impl SessionStore for RedisSessionStore {
     }
 }
 
-/// Decodes the script's reply: the HMGET fields, then the remaining idle milliseconds.
-/// A reply that does not decode (a foreign or half-written key) counts as no session.
+/// Decodes a script's session reply: the fields in `SESSION_FIELDS` order, then the remaining
+/// idle milliseconds. A reply that does not decode (a foreign or half-written key) counts as
+/// no session.
 fn parse_live_session(fields: &[redis::Value]) -> Option<LiveSession> {
     let text = |index: usize| -> Option<String> {
         redis::from_redis_value::<Option<String>>(fields.get(index)?).ok()?
     };
+    let uuid = |index: usize| -> Option<Uuid> { text(index).and_then(|t| t.parse().ok()) };
+    let number = |index: usize| -> Option<i64> { text(index)?.parse().ok() };
     let data = SessionData {
-        id: text(0)?.parse().ok()?,
-        user_id: text(1)?.parse().ok()?,
+        id: uuid(0)?,
+        user_id: uuid(1)?,
         email: text(2)?,
         ip: text(3)?.parse::<IpAddr>().ok()?,
         user_agent: text(4)?,
-        created_at_ms: text(5)?.parse().ok()?,
-        absolute_expiry_ms: text(6)?.parse().ok()?,
+        device_id: uuid(5),
+        device_label: text(6).unwrap_or_default(),
+        ip_id: uuid(7),
+        location: text(8).filter(|location| !location.is_empty()),
+        created_at_ms: number(9)?,
+        absolute_expiry_ms: number(10)?,
     };
-    let left_ms: i64 = redis::from_redis_value(fields.get(7)?).ok()?;
+    let last_activity_ms = number(11).unwrap_or(data.created_at_ms);
+    let left_ms: i64 = redis::from_redis_value(fields.get(12)?).ok()?;
     Some(LiveSession {
         data,
+        last_activity_ms,
         idle_remaining: Duration::from_millis(u64::try_from(left_ms).ok()?),
     })
 }

@@ -43,6 +43,12 @@ impl TokenHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    pub fn from_hex(text: &str) -> Option<TokenHash> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(TokenHash(bytes))
+    }
 }
 
 impl std::fmt::Debug for TokenHash {

@@ -4,6 +4,7 @@
 //!
 //! Nothing on the proxied hot path calls this store.
 
+pub mod behind;
 pub mod postgres;
 
 use std::net::IpAddr;
@@ -60,7 +61,47 @@ pub struct SessionRecord {
     pub token_hash: TokenHash,
     pub ip: IpAddr,
     pub user_agent: String,
+    pub device_id: Option<Uuid>,
+    pub ip_id: Option<Uuid>,
+    pub location: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A device (user agent) a user signed in from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub id: Uuid,
+    pub label: String,
+    pub user_agent: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// An address a user signed in from.
+#[derive(Debug, Clone, Serialize)]
+pub struct IpRecord {
+    pub id: Uuid,
+    pub address: IpAddr,
+    pub location: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Recent use of a session, written behind the request path.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    pub session_id: Uuid,
+    pub device_id: Option<Uuid>,
+    pub ip_id: Option<Uuid>,
+    pub at: DateTime<Utc>,
+}
+
+/// An active session record, as the expiry job sees it.
+#[derive(Debug, Clone)]
+pub struct ActiveRecord {
+    pub id: Uuid,
+    pub token_hash: TokenHash,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -69,7 +110,6 @@ pub struct SessionRecord {
 pub enum SessionEnd {
     LoggedOut,
     Revoked,
-    #[expect(dead_code, reason = "the expiry job (issue 3) records it")]
     Expired,
 }
 
@@ -110,14 +150,50 @@ pub trait RecordStore: Send + Sync {
         -> Result<(), StoreError>;
 
     async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
-    /// Marks an active session ended; a session already ended keeps its first ending.
-    async fn end_session(
+
+    async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError>;
+
+    /// Records (or refreshes) the device a user signs in from; returns its id.
+    async fn upsert_device(
         &self,
-        id: Uuid,
+        user_id: Uuid,
+        user_agent: &str,
+        label: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Uuid, StoreError>;
+    /// Records (or refreshes) the address a user signs in from; returns its id.
+    async fn upsert_ip(
+        &self,
+        user_id: Uuid,
+        address: IpAddr,
+        location: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Uuid, StoreError>;
+    /// Most recently used first.
+    async fn devices(&self, user_id: Uuid) -> Result<Vec<Device>, StoreError>;
+    /// Most recently used first.
+    async fn ips(&self, user_id: Uuid) -> Result<Vec<IpRecord>, StoreError>;
+
+    async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
+    async fn set_password_hash(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError>;
+
+    /// Marks many sessions ended at once (no-op for those already ended).
+    async fn end_sessions(
+        &self,
+        ids: &[Uuid],
         end: SessionEnd,
         reason: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-
-    async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError>;
+    /// Applies a batch of write-behind activity (sessions, devices, IPs).
+    async fn record_activity(&self, batch: &[Activity]) -> Result<(), StoreError>;
+    /// Active session records after `after` (by id), at most `limit`, for the expiry job.
+    async fn active_sessions(
+        &self,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<ActiveRecord>, StoreError>;
+    /// Deletes ended session records that ended before `before`; returns how many.
+    async fn purge_ended_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    async fn count_active_sessions(&self) -> Result<i64, StoreError>;
 }

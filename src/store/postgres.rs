@@ -4,6 +4,7 @@
 //! while Postgres is down; every call is bounded by `storage.database_timeout` and a failure
 //! becomes [`StoreError::Unavailable`], which the API answers with 503.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,10 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    AuthEvent, Credentials, NewUser, RecordStore, SessionEnd, SessionRecord, StoreError, User,
+    ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord, NewUser, RecordStore,
+    SessionEnd, SessionRecord, StoreError, User,
 };
+use crate::session::TokenHash;
 use crate::telemetry::{Metrics, Store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -208,39 +211,20 @@ impl RecordStore for PostgresStore {
         self.call(
             "insert_session",
             sqlx::query(
-                "INSERT INTO sessions (id, user_id, token_hash, ip, user_agent, created_at, \
-                 last_activity, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+                "INSERT INTO sessions (id, user_id, token_hash, ip, user_agent, device_id, ip_id, \
+                 location, created_at, last_activity, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
             )
             .bind(session.id)
             .bind(session.user_id)
             .bind(session.token_hash.to_hex())
             .bind(session.ip)
             .bind(&session.user_agent)
+            .bind(session.device_id)
+            .bind(session.ip_id)
+            .bind(&session.location)
             .bind(session.created_at)
             .bind(session.expires_at)
-            .execute(&self.pool),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    async fn end_session(
-        &self,
-        id: Uuid,
-        end: SessionEnd,
-        reason: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.call(
-            "end_session",
-            sqlx::query(
-                "UPDATE sessions SET status = $2, ended_at = $3, end_reason = $4 \
-                 WHERE id = $1 AND status = 'active'",
-            )
-            .bind(id)
-            .bind(end.status())
-            .bind(at)
-            .bind(reason)
             .execute(&self.pool),
         )
         .await
@@ -264,5 +248,246 @@ impl RecordStore for PostgresStore {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn upsert_device(
+        &self,
+        user_id: Uuid,
+        user_agent: &str,
+        label: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Uuid, StoreError> {
+        self.call(
+            "upsert_device",
+            sqlx::query_scalar(
+                "INSERT INTO devices (id, user_id, user_agent, user_agent_hash, label, first_seen, \
+                 last_seen) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (user_id, user_agent_hash) DO UPDATE SET last_seen = EXCLUDED.last_seen \
+                 RETURNING id",
+            )
+            .bind(Uuid::new_v4())
+            .bind(user_id)
+            .bind(user_agent)
+            .bind(crate::device::user_agent_hash(user_agent))
+            .bind(label)
+            .bind(at)
+            .fetch_one(&self.pool),
+        )
+        .await
+    }
+
+    async fn upsert_ip(
+        &self,
+        user_id: Uuid,
+        address: IpAddr,
+        location: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Uuid, StoreError> {
+        self.call(
+            "upsert_ip",
+            sqlx::query_scalar(
+                "INSERT INTO ip_addresses (id, user_id, address, location, first_seen, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5, $5) \
+                 ON CONFLICT (user_id, address) DO UPDATE SET last_seen = EXCLUDED.last_seen, \
+                 location = COALESCE(EXCLUDED.location, ip_addresses.location) \
+                 RETURNING id",
+            )
+            .bind(Uuid::new_v4())
+            .bind(user_id)
+            .bind(address)
+            .bind(location)
+            .bind(at)
+            .fetch_one(&self.pool),
+        )
+        .await
+    }
+
+    async fn devices(&self, user_id: Uuid) -> Result<Vec<Device>, StoreError> {
+        self.call("devices", async {
+            let rows = sqlx::query(
+                "SELECT id, label, user_agent, first_seen, last_seen FROM devices \
+                 WHERE user_id = $1 ORDER BY last_seen DESC",
+            )
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(Device {
+                        id: row.try_get("id")?,
+                        label: row.try_get("label")?,
+                        user_agent: row.try_get("user_agent")?,
+                        first_seen: row.try_get("first_seen")?,
+                        last_seen: row.try_get("last_seen")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ips(&self, user_id: Uuid) -> Result<Vec<IpRecord>, StoreError> {
+        self.call("ips", async {
+            let rows = sqlx::query(
+                "SELECT id, address, location, first_seen, last_seen FROM ip_addresses \
+                 WHERE user_id = $1 ORDER BY last_seen DESC",
+            )
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(IpRecord {
+                        id: row.try_get("id")?,
+                        address: row.try_get("address")?,
+                        location: row.try_get("location")?,
+                        first_seen: row.try_get("first_seen")?,
+                        last_seen: row.try_get("last_seen")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError> {
+        self.call(
+            "password_hash",
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool),
+        )
+        .await
+    }
+
+    async fn set_password_hash(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError> {
+        self.call(
+            "set_password_hash",
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+                .bind(user_id)
+                .bind(hash)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn end_sessions(
+        &self,
+        ids: &[Uuid],
+        end: SessionEnd,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.call(
+            "end_sessions",
+            sqlx::query(
+                "UPDATE sessions SET status = $2, ended_at = $3, end_reason = $4 \
+                 WHERE id = ANY($1) AND status = 'active'",
+            )
+            .bind(ids)
+            .bind(end.status())
+            .bind(at)
+            .bind(reason)
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn record_activity(&self, batch: &[Activity]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sessions: Vec<Uuid> = batch.iter().map(|a| a.session_id).collect();
+        let devices: Vec<Option<Uuid>> = batch.iter().map(|a| a.device_id).collect();
+        let ips: Vec<Option<Uuid>> = batch.iter().map(|a| a.ip_id).collect();
+        let times: Vec<DateTime<Utc>> = batch.iter().map(|a| a.at).collect();
+        // One statement per table, each a single UPDATE ... FROM unnest(...).
+        self.call("record_activity", async {
+            let mut transaction = self.pool.begin().await?;
+            sqlx::query(
+                "UPDATE sessions s SET last_activity = GREATEST(s.last_activity, b.at) \
+                 FROM unnest($1::uuid[], $2::timestamptz[]) AS b(id, at) WHERE s.id = b.id",
+            )
+            .bind(&sessions)
+            .bind(&times)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "UPDATE devices d SET last_seen = GREATEST(d.last_seen, b.at) \
+                 FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::timestamptz[]) \
+                 AS u(id, at) WHERE id IS NOT NULL GROUP BY id) b WHERE d.id = b.id",
+            )
+            .bind(&devices)
+            .bind(&times)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "UPDATE ip_addresses i SET last_seen = GREATEST(i.last_seen, b.at) \
+                 FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::timestamptz[]) \
+                 AS u(id, at) WHERE id IS NOT NULL GROUP BY id) b WHERE i.id = b.id",
+            )
+            .bind(&ips)
+            .bind(&times)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await
+        })
+        .await
+    }
+
+    async fn active_sessions(
+        &self,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<ActiveRecord>, StoreError> {
+        self.call("active_sessions", async {
+            let rows = sqlx::query(
+                "SELECT id, token_hash, expires_at FROM sessions WHERE status = 'active' \
+                 AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let hash: String = row.try_get("token_hash")?;
+                let Some(token_hash) = TokenHash::from_hex(&hash) else {
+                    continue;
+                };
+                records.push(ActiveRecord {
+                    id: row.try_get("id")?,
+                    token_hash,
+                    expires_at: row.try_get("expires_at")?,
+                });
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn purge_ended_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.call(
+            "purge_ended_sessions",
+            sqlx::query("DELETE FROM sessions WHERE status <> 'active' AND ended_at < $1")
+                .bind(before)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|result| result.rows_affected())
+    }
+
+    async fn count_active_sessions(&self) -> Result<i64, StoreError> {
+        self.call(
+            "count_active_sessions",
+            sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'active'")
+                .fetch_one(&self.pool),
+        )
+        .await
     }
 }

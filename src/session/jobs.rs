@@ -1,0 +1,105 @@
+//! Background session housekeeping, run on the long-lived background runtime:
+//! - the activity flush writes what [`ActivityTracker`] gathered to Postgres in one batch per
+//!   interval;
+//! - the expiry job marks `expired` the session records whose live session is gone from the
+//!   store (idle or absolute timeout), purges ended records past retention, and refreshes the
+//!   active-sessions gauge. If the session store cannot be asked, nothing is marked: an outage
+//!   must never look like mass expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::activity::ActivityTracker;
+use super::Sessions;
+use crate::store::{RecordStore, SessionEnd, StoreError};
+use crate::telemetry::Metrics;
+
+const EXPIRY_BATCH: i64 = 500;
+
+pub async fn flush_activity(
+    tracker: Arc<ActivityTracker>,
+    records: Arc<dyn RecordStore>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let batch = tracker.drain();
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(error) = records.record_activity(&batch).await {
+            // Activity is advisory: a lost batch only makes "last used" a little older.
+            tracing::warn!(%error, sessions = batch.len(), "cannot write session activity");
+        }
+    }
+}
+
+pub struct ExpiryJob {
+    pub records: Arc<dyn RecordStore>,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Arc<Metrics>,
+    pub interval: Duration,
+    pub retention: Duration,
+}
+
+impl ExpiryJob {
+    pub async fn run(self) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.run_once().await {
+                tracing::warn!(%error, "session expiry pass skipped");
+            }
+        }
+    }
+
+    async fn run_once(&self) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut after = None;
+        loop {
+            let batch = self.records.active_sessions(after, EXPIRY_BATCH).await?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some(last.id);
+            let hashes: Vec<_> = batch.iter().map(|record| record.token_hash.clone()).collect();
+            let live = self.sessions.live(&hashes).await?;
+            let (mut absolute, mut idle) = (Vec::new(), Vec::new());
+            for (record, live) in batch.iter().zip(live) {
+                if live {
+                    continue;
+                }
+                if record.expires_at <= now {
+                    absolute.push(record.id);
+                } else {
+                    idle.push(record.id);
+                }
+            }
+            for (ids, reason) in [(absolute, "absolute_timeout"), (idle, "idle_timeout")] {
+                if ids.is_empty() {
+                    continue;
+                }
+                self.records
+                    .end_sessions(&ids, SessionEnd::Expired, reason, now)
+                    .await?;
+                for _ in &ids {
+                    self.metrics.session_ended("expired");
+                }
+            }
+        }
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = now.checked_sub_signed(retention).unwrap_or(now);
+        let purged = self.records.purge_ended_sessions(cutoff).await?;
+        if purged > 0 {
+            tracing::info!(purged, "purged ended session records");
+        }
+        let active = self.records.count_active_sessions().await?;
+        self.metrics.active_sessions(active);
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! Write-behind: durable records that must not slow (or fail) the request that caused them.
+//!
+//! Audit events and session-ended records are queued here without waiting and written by one
+//! background task, which retries while Postgres is down. The queue is bounded; when it is
+//! full the record is dropped, logged and counted (`authgate_write_behind_dropped_total`)
+//! rather than blocking a request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{AuthEvent, RecordStore, SessionEnd, StoreError};
+use crate::telemetry::Metrics;
+
+const QUEUE_CAPACITY: usize = 4096;
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+const MAX_ATTEMPTS: u32 = 30;
+
+#[derive(Debug)]
+enum Record {
+    Event(AuthEvent),
+    SessionsEnded {
+        ids: Vec<Uuid>,
+        end: SessionEnd,
+        reason: &'static str,
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Clone)]
+pub struct WriteBehind {
+    sender: mpsc::Sender<Record>,
+    metrics: Arc<Metrics>,
+}
+
+impl WriteBehind {
+    /// The handle, and the writer future to spawn on a long-lived runtime.
+    pub fn new(
+        records: Arc<dyn RecordStore>,
+        metrics: Arc<Metrics>,
+    ) -> (WriteBehind, impl std::future::Future<Output = ()>) {
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        (WriteBehind { sender, metrics }, run(receiver, records))
+    }
+
+    pub fn event(&self, event: AuthEvent) {
+        self.send(Record::Event(event));
+    }
+
+    pub fn sessions_ended(&self, ids: Vec<Uuid>, end: SessionEnd, reason: &'static str) {
+        if ids.is_empty() {
+            return;
+        }
+        self.send(Record::SessionsEnded {
+            ids,
+            end,
+            reason,
+            at: Utc::now(),
+        });
+    }
+
+    fn send(&self, record: Record) {
+        if let Err(error) = self.sender.try_send(record) {
+            self.metrics.write_behind_dropped();
+            tracing::error!(record = ?error.into_inner(), "write-behind queue full; record dropped");
+        }
+    }
+}
+
+async fn run(mut receiver: mpsc::Receiver<Record>, records: Arc<dyn RecordStore>) {
+    while let Some(record) = receiver.recv().await {
+        let mut attempt = 1;
+        loop {
+            match write(records.as_ref(), &record).await {
+                Ok(()) => break,
+                Err(error) if attempt < MAX_ATTEMPTS => {
+                    tracing::warn!(%error, attempt, "write-behind record not written yet; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, ?record, "write-behind record dropped after retries");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn write(records: &dyn RecordStore, record: &Record) -> Result<(), StoreError> {
+    match record {
+        Record::Event(event) => records.record_event(event).await,
+        Record::SessionsEnded {
+            ids,
+            end,
+            reason,
+            at,
+        } => records.end_sessions(ids, *end, reason, *at).await,
+    }
+}
