@@ -38,7 +38,11 @@ mod tests {
         let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
         assert_eq!(label(firefox), "Firefox 128 on Linux");
         let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
-        assert!(label(chrome).starts_with("Chrome 120 on Windows"), "{}", label(chrome));
+        assert!(
+            label(chrome).starts_with("Chrome 120 on Windows"),
+            "{}",
+            label(chrome)
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! ```text
 //!  request ─▶ request_filter ─────────────────────────────────────────────┐
 //!             1 client IP (trusted proxies)          client_ip.rs         │ answered here:
-//!             2 per-IP rate limit        ──▶ 429     limits/ip_rate.rs    │ 429, 400, 404,
-//!             3 strip identity headers               identity.rs          │ /auth/*, 401,
-//!             4 normalise path           ──▶ 400     path.rs              │ 503
+//!             2 per-IP rate limit        ──▶ 429     limits/ip_rate.rs    │ 429, 431, 400,
+//!               header size limits       ──▶ 431                          │ 404, /auth/*,
+//!             3 strip identity headers               identity.rs          │ 401, 503
+//!             4 normalise path           ──▶ 400     path.rs              │
 //!             5 /auth/*                  ──▶ API     auth/                │
 //!             6 route match              ──▶ 404     routes.rs            │
 //!             7 session (protected)      ──▶ 401/503 session/             ┘
@@ -40,6 +41,11 @@ use crate::routes::{host_of, Route, RouteTable};
 use crate::session::{Lookup, SessionData, Sessions};
 use crate::telemetry::{Decision, Metrics};
 use crate::{client_ip, path, respond};
+
+/// Request headers larger than this in total are refused (431).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// A `Cookie` header larger than this is refused (431): no legitimate session needs it.
+const MAX_COOKIE_BYTES: usize = 8 * 1024;
 
 /// How long a client may take to send an `/auth` request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +106,12 @@ impl ProxyHttp for Gateway {
             headers.push(("ratelimit-remaining", "0".to_string()));
             headers.push(("ratelimit-reset", headers[0].1.clone()));
             respond::error(session, 429, error.code(), &error.message(), &headers).await?;
+            return Ok(true);
+        }
+
+        if let Some(message) = oversized_headers(session.req_header()) {
+            session.set_keepalive(None);
+            respond::error(session, 431, "headers_too_large", message, &[]).await?;
             return Ok(true);
         }
 
@@ -422,6 +434,17 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiErro
                 "request body took too long to arrive".to_string(),
             ))
         })
+}
+
+fn oversized_headers(request: &RequestHeader) -> Option<&'static str> {
+    let mut total = 0;
+    for (name, value) in &request.headers {
+        total += name.as_str().len() + value.len() + 4;
+        if name == http::header::COOKIE && value.len() > MAX_COOKIE_BYTES {
+            return Some("the Cookie header is too large");
+        }
+    }
+    (total > MAX_HEADER_BYTES).then_some("request headers are too large")
 }
 
 fn request_host(request: &RequestHeader) -> Option<String> {

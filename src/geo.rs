@@ -30,8 +30,13 @@ impl Locator {
 
     /// `from_trusted_proxy`: whether the TCP peer is a trusted proxy (only then is a CDN
     /// country header believed).
-    pub fn locate(&self, ip: IpAddr, headers: &HeaderMap, from_trusted_proxy: bool) -> Option<String> {
-        if let Some(place) = self.from_database(ip) {
+    pub fn locate(
+        &self,
+        ip: IpAddr,
+        headers: &HeaderMap,
+        from_trusted_proxy: bool,
+    ) -> Option<String> {
+        if let Some(place) = self.lookup_database(ip) {
             return Some(place);
         }
         if from_trusted_proxy {
@@ -49,7 +54,7 @@ impl Locator {
         is_local(ip).then(|| "Local".to_string())
     }
 
-    fn from_database(&self, ip: IpAddr) -> Option<String> {
+    fn lookup_database(&self, ip: IpAddr) -> Option<String> {
         let database = self.database.as_ref()?;
         let city: geoip2::City = database.lookup(ip).ok()?.decode().ok()??;
         let country = city.country.names.english.or(city.country.iso_code);
@@ -96,10 +101,26 @@ mod tests {
     #[test]
     fn private_and_loopback_addresses_are_local() {
         let none = HeaderMap::new();
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.9", "::1", "fd00::1", "fe80::1"] {
-            assert_eq!(locator(None).locate(ip.parse().unwrap(), &none, false).as_deref(), Some("Local"), "{ip}");
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.9",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert_eq!(
+                locator(None)
+                    .locate(ip.parse().unwrap(), &none, false)
+                    .as_deref(),
+                Some("Local"),
+                "{ip}"
+            );
         }
-        assert_eq!(locator(None).locate("8.8.8.8".parse().unwrap(), &none, false), None);
+        assert_eq!(
+            locator(None).locate("8.8.8.8".parse().unwrap(), &none, false),
+            None
+        );
     }
 
     #[test]

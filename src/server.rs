@@ -18,17 +18,19 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::auth::csrf::CsrfPolicy;
 use crate::auth::AuthApi;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::geo::Locator;
 use crate::identity::IdentityHeaders;
 use crate::limits::ip_rate::IpRateLimiter;
+use crate::limits::login::LoginProtection;
 use crate::password::PasswordHasher;
 use crate::routes::RouteTable;
-use crate::session::redis::{RedisConnection, RedisSessionStore};
-use crate::geo::Locator;
 use crate::session::activity::ActivityTracker;
 use crate::session::jobs::{self, ExpiryJob};
+use crate::session::redis::{RedisConnection, RedisSessionStore};
 use crate::session::Sessions;
 use crate::store::behind::WriteBehind;
 use crate::store::postgres::PostgresStore;
@@ -84,17 +86,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let database_ready = Arc::new(AtomicBool::new(false));
     background.spawn(migrate_until_done(records.clone(), database_ready.clone()));
 
-    let redis = RedisConnection::new(
-        &config.storage.redis_url,
-        config.storage.redis_timeout,
-        background.handle().clone(),
-    )
-    .context("storage.redis_url")?;
-    let session_store = RedisSessionStore::new(
-        Arc::new(redis),
-        &config.storage.redis_key_prefix,
-        metrics.clone(),
+    let redis = Arc::new(
+        RedisConnection::new(
+            &config.storage.redis_url,
+            config.storage.redis_timeout,
+            background.handle().clone(),
+            metrics.clone(),
+        )
+        .context("storage.redis_url")?,
     );
+    let session_store = RedisSessionStore::new(redis.clone(), &config.storage.redis_key_prefix);
+    let login_protection = Arc::new(LoginProtection::new(
+        redis,
+        &config.storage.redis_key_prefix,
+        config.login_protection.clone(),
+    ));
     let locator = Arc::new(Locator::new(&config.geoip)?);
     let Config {
         server: server_config,
@@ -141,6 +147,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         writer,
         hasher,
         locator,
+        login_protection,
+        csrf: CsrfPolicy::new(&server_config.public_origins),
         metrics: metrics.clone(),
         min_password_length: password_config.min_length,
         database_ready: database_ready.clone(),

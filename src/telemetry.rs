@@ -20,7 +20,6 @@ pub enum Decision {
     Allowed,
     Unauthenticated,
     RateLimited,
-    #[expect(dead_code, reason = "account lockout (issue 4) reports it")]
     Locked,
     Public,
     StoreUnavailable,

@@ -16,6 +16,8 @@ pub enum ApiError {
     Unauthenticated,
     /// 403: the account exists but is disabled.
     AccountDisabled,
+    /// 403: a cross-site or token-less browser request (CSRF defence).
+    Forbidden(String),
     NotFound,
     MethodNotAllowed,
     /// 409: the field whose value is already taken.
@@ -25,6 +27,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     UnsupportedMediaType,
     RateLimited(Duration),
+    /// 429: too many failed logins for this account; locked for this long.
+    Locked(Duration),
     /// 503: a store or the hashing pool cannot serve the request now.
     Unavailable(String),
 }
@@ -34,13 +38,13 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => 400,
             ApiError::InvalidCredentials | ApiError::Unauthenticated => 401,
-            ApiError::AccountDisabled => 403,
+            ApiError::AccountDisabled | ApiError::Forbidden(_) => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::Conflict(_) | ApiError::SessionLimit(_) => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType => 415,
-            ApiError::RateLimited(_) => 429,
+            ApiError::RateLimited(_) | ApiError::Locked(_) => 429,
             ApiError::Unavailable(_) => 503,
         }
     }
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::AccountDisabled => "account_disabled",
+            ApiError::Forbidden(_) => "csrf_failed",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict("email") => "email_taken",
@@ -60,6 +65,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Locked(_) => "account_locked",
             ApiError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -70,12 +76,13 @@ impl ApiError {
             ApiError::InvalidCredentials => "invalid email or password".to_string(),
             ApiError::Unauthenticated => "sign-in required".to_string(),
             ApiError::AccountDisabled => "this account is disabled".to_string(),
+            ApiError::Forbidden(message) => message.clone(),
             ApiError::NotFound => "no such endpoint".to_string(),
             ApiError::MethodNotAllowed => "method not allowed on this endpoint".to_string(),
             ApiError::Conflict(field) => format!("that {field} is already registered"),
-            ApiError::SessionLimit(limit) => format!(
-                "this account already has {limit} active sessions; sign out of one first"
-            ),
+            ApiError::SessionLimit(limit) => {
+                format!("this account already has {limit} active sessions; sign out of one first")
+            }
             ApiError::PayloadTooLarge(limit) => {
                 format!("request body exceeds the {limit}-byte limit")
             }
@@ -84,6 +91,10 @@ impl ApiError {
                     .to_string()
             }
             ApiError::RateLimited(_) => "too many requests; retry later".to_string(),
+            ApiError::Locked(wait) => format!(
+                "too many failed sign-in attempts; try again in {}",
+                human_wait(*wait)
+            ),
             ApiError::Unavailable(_) => "temporarily unavailable; retry shortly".to_string(),
         }
     }
@@ -91,7 +102,9 @@ impl ApiError {
     /// Seconds for a `Retry-After` header, where one applies.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited(wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ApiError::RateLimited(wait) | ApiError::Locked(wait) => {
+                Some(wait.as_secs_f64().ceil().max(1.0) as u64)
+            }
             ApiError::Unavailable(_) => Some(1),
             _ => None,
         }
@@ -99,6 +112,16 @@ impl ApiError {
 
     pub fn body(&self) -> Vec<u8> {
         error_body(self.code(), &self.message())
+    }
+}
+
+/// "14 minutes", "40 seconds": for messages people read.
+pub fn human_wait(wait: Duration) -> String {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    match seconds {
+        1 => "1 second".to_string(),
+        2..=90 => format!("{seconds} seconds"),
+        _ => format!("{} minutes", seconds.div_ceil(60)),
     }
 }
 

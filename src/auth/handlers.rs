@@ -8,8 +8,10 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::input::{self, Fields};
 use super::{AuthApi, AuthRequest, AuthResponse};
+use crate::limits::login::Refusal;
 use crate::session::{LiveSession, Login, Lookup, SessionData, SessionToken, Started};
 use crate::store::{AuthEvent, NewUser, SessionEnd, SessionRecord, User};
+use crate::telemetry::Decision;
 
 impl AuthApi {
     pub(super) async fn register(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
@@ -60,6 +62,8 @@ impl AuthApi {
             Err(ApiError::InvalidCredentials) => "failure",
             Err(ApiError::AccountDisabled) => "disabled",
             Err(ApiError::SessionLimit(_)) => "session_limit",
+            Err(ApiError::Locked(_)) => "locked",
+            Err(ApiError::RateLimited(_)) => "rate_limited",
             Err(ApiError::Unavailable(_)) => "unavailable",
             Err(_) => "invalid",
         });
@@ -77,6 +81,23 @@ impl AuthApi {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
         let email = input::normalize_email(fields.required("email")?)?;
         let password = fields.required("password")?;
+        // Lockout and per-IP limits come before any password work: a locked account answers
+        // 429 even to the right password.
+        match self
+            .login_protection
+            .begin(&email, request.client_ip)
+            .await?
+        {
+            Some(Refusal::AccountLocked(wait)) => {
+                self.metrics.decision(Decision::Locked);
+                return Err(ApiError::Locked(wait));
+            }
+            Some(Refusal::TooManyFromIp(wait)) => {
+                self.metrics.decision(Decision::RateLimited);
+                return Err(ApiError::RateLimited(wait));
+            }
+            None => {}
+        }
         self.require_database()?;
 
         let credentials = self.records.credentials_by_email(&email).await?;
@@ -84,7 +105,10 @@ impl AuthApi {
         // so unknown emails and wrong passwords look alike.
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
         let password_ok = password.len() <= input::MAX_PASSWORD_BYTES
-            && self.hasher.verify(password.to_string(), stored_hash).await?;
+            && self
+                .hasher
+                .verify(password.to_string(), stored_hash)
+                .await?;
         let now = Utc::now();
         let credentials = match credentials {
             Some(credentials) if password_ok => credentials,
@@ -96,6 +120,15 @@ impl AuthApi {
                     }
                 }
                 self.audit(request, "login_failed", user_id, None, json!({}));
+                if let Some(lockout) = self.login_protection.failed(&email).await? {
+                    self.audit(
+                        request,
+                        "locked",
+                        user_id,
+                        None,
+                        json!({ "lockout_seconds": lockout.as_secs() }),
+                    );
+                }
                 return Err(ApiError::InvalidCredentials);
             }
         };
@@ -109,9 +142,11 @@ impl AuthApi {
         let user = credentials.user;
         let user_agent = request.user_agent();
         let device_label = crate::device::label(&user_agent);
-        let location =
-            self.locator
-                .locate(request.client_ip, &request.headers, request.via_trusted_proxy);
+        let location = self.locator.locate(
+            request.client_ip,
+            &request.headers,
+            request.via_trusted_proxy,
+        );
         let device_id = self
             .records
             .upsert_device(user.id, &user_agent, &device_label, now)
@@ -155,6 +190,9 @@ impl AuthApi {
                 tracing::warn!(error = %cleanup, "cannot undo session after database failure");
             }
             return Err(error.into());
+        }
+        if let Err(error) = self.login_protection.succeeded(&email).await {
+            tracing::warn!(%error, "cannot reset the failed-login count");
         }
         if let Err(error) = self.records.record_login(user.id, now).await {
             tracing::warn!(%error, "cannot stamp last_login");
@@ -233,7 +271,7 @@ impl AuthApi {
     ) -> Result<AuthResponse, ApiError> {
         let (token, current) = self.authenticate(request).await?;
         let mut sessions = self.sessions.list(current.data.user_id).await?;
-        sessions.sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms));
+        sessions.sort_by_key(|session| std::cmp::Reverse(session.last_activity_ms));
         let listed: Vec<_> = sessions
             .iter()
             .map(|session| {
@@ -295,7 +333,9 @@ impl AuthApi {
         request: &AuthRequest,
     ) -> Result<AuthResponse, ApiError> {
         let (token, current) = self.authenticate(request).await?;
-        let revoked = self.revoke_others(request, &current.data, "revoked_by_user").await?;
+        let revoked = self
+            .revoke_others(request, &current.data, "revoked_by_user")
+            .await?;
         let body = json!({ "revoked": revoked });
         Ok(self.authenticated(AuthResponse::json(200, &body), &token, &current))
     }
@@ -428,7 +468,8 @@ impl AuthApi {
             );
         }
         let count = ended.len();
-        self.writer.sessions_ended(ended, SessionEnd::Revoked, reason);
+        self.writer
+            .sessions_ended(ended, SessionEnd::Revoked, reason);
         Ok(count)
     }
 

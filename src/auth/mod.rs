@@ -4,6 +4,7 @@
 //! body, client IP) and writes back the [`AuthResponse`]. Handlers see stores only through
 //! their traits; errors go through the single [`ApiError`] mapping.
 
+pub mod csrf;
 pub mod error;
 mod handlers;
 pub mod input;
@@ -18,11 +19,13 @@ use http::{HeaderMap, Method};
 pub use error::ApiError;
 
 use crate::geo::Locator;
+use crate::limits::login::LoginProtection;
 use crate::password::PasswordHasher;
-use crate::store::behind::WriteBehind;
 use crate::session::Sessions;
+use crate::store::behind::WriteBehind;
 use crate::store::RecordStore;
 use crate::telemetry::Metrics;
+use csrf::CsrfPolicy;
 
 /// Request bodies on `/auth` larger than this get 413 (SPEC §5).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -99,6 +102,8 @@ pub struct AuthApi {
     pub writer: WriteBehind,
     pub hasher: Arc<PasswordHasher>,
     pub locator: Arc<Locator>,
+    pub login_protection: Arc<LoginProtection>,
+    pub csrf: CsrfPolicy,
     pub metrics: Arc<Metrics>,
     pub min_password_length: usize,
     /// Set once the database schema is migrated; until then database-backed calls get 503.
@@ -106,52 +111,85 @@ pub struct AuthApi {
 }
 
 impl AuthApi {
-
     pub fn is_auth_path(path: &str) -> bool {
         path == "/auth" || path.starts_with("/auth/")
     }
 
     pub async fn handle(&self, request: AuthRequest) -> AuthResponse {
+        let result = match self.check_csrf(&request) {
+            Ok(()) => self.route(&request).await,
+            Err(error) => Err(error),
+        };
+        result.unwrap_or_else(|error| self.error_response(&request, error))
+    }
+
+    /// State-changing requests must come from our own pages or be non-browser JSON calls.
+    fn check_csrf(&self, request: &AuthRequest) -> Result<(), ApiError> {
+        if !CsrfPolicy::is_state_changing(&request.method) {
+            return Ok(());
+        }
+        self.csrf.check_origin(&request.headers)?;
+        let content_type = request.header("content-type");
+        if csrf::is_form_content_type(content_type) {
+            // A form post: only url-encoded forms can carry the token; anything else a
+            // cross-site form could send is refused here.
+            let fields = input::Fields::parse(content_type, &request.body).map_err(|_| {
+                ApiError::Forbidden(
+                    "cross-site form posts are refused; send JSON or a url-encoded form \
+                         with its CSRF token"
+                        .to_string(),
+                )
+            })?;
+            self.csrf.check_form_token(&request.headers, &fields)?;
+        }
+        Ok(())
+    }
+
+    async fn route(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
         let method = &request.method;
-        let result = match request.path.as_str() {
-            "/auth/register" if method == Method::POST => self.register(&request).await,
-            "/auth/login" if method == Method::POST => self.login(&request).await,
-            "/auth/logout" if method == Method::POST => self.logout(&request).await,
-            "/auth/user/me" if method == Method::GET => self.me(&request).await,
-            "/auth/user/sessions" if method == Method::GET => self.list_sessions(&request).await,
+        match request.path.as_str() {
+            "/auth/register" if method == Method::POST => self.register(request).await,
+            "/auth/login" if method == Method::POST => self.login(request).await,
+            "/auth/logout" if method == Method::POST => self.logout(request).await,
+            "/auth/user/me" if method == Method::GET => self.me(request).await,
+            "/auth/user/sessions" if method == Method::GET => self.list_sessions(request).await,
             "/auth/user/sessions" if method == Method::DELETE => {
-                self.revoke_other_sessions(&request).await
+                self.revoke_other_sessions(request).await
             }
-            "/auth/user/devices" if method == Method::GET => self.list_devices(&request).await,
-            "/auth/user/ips" if method == Method::GET => self.list_ips(&request).await,
-            "/auth/user/password" if method == Method::POST => {
-                self.change_password(&request).await
-            }
+            "/auth/user/devices" if method == Method::GET => self.list_devices(request).await,
+            "/auth/user/ips" if method == Method::GET => self.list_ips(request).await,
+            "/auth/user/password" if method == Method::POST => self.change_password(request).await,
             path if path.starts_with("/auth/user/sessions/") => {
                 let id = &path["/auth/user/sessions/".len()..];
                 if method == Method::DELETE {
-                    self.revoke_session(&request, id).await
+                    self.revoke_session(request, id).await
                 } else {
                     Err(ApiError::MethodNotAllowed)
                 }
             }
-            "/auth/register" | "/auth/login" | "/auth/logout" | "/auth/user/me"
-            | "/auth/user/sessions" | "/auth/user/devices" | "/auth/user/ips"
+            "/auth/register"
+            | "/auth/login"
+            | "/auth/logout"
+            | "/auth/user/me"
+            | "/auth/user/sessions"
+            | "/auth/user/devices"
+            | "/auth/user/ips"
             | "/auth/user/password" => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
-        };
-        result.unwrap_or_else(|error| {
-            if let ApiError::Unavailable(detail) = &error {
-                tracing::warn!(path = %request.path, %detail, "auth request could not be served");
-            }
-            let response = AuthResponse::error(&error);
-            // A request that carried a dead session cookie should drop it.
-            if matches!(error, ApiError::Unauthenticated) && self.has_session_cookie(&request) {
-                response.with_header("set-cookie", self.sessions.clear_cookie())
-            } else {
-                response
-            }
-        })
+        }
+    }
+
+    fn error_response(&self, request: &AuthRequest, error: ApiError) -> AuthResponse {
+        if let ApiError::Unavailable(detail) = &error {
+            tracing::warn!(path = %request.path, %detail, "auth request could not be served");
+        }
+        let response = AuthResponse::error(&error);
+        // A request that carried a dead session cookie should drop it.
+        if matches!(error, ApiError::Unauthenticated) && self.has_session_cookie(request) {
+            response.with_header("set-cookie", self.sessions.clear_cookie())
+        } else {
+            response
+        }
     }
 
     fn has_session_cookie(&self, request: &AuthRequest) -> bool {

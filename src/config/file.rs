@@ -44,7 +44,8 @@ pub struct ServerSection {
     pub threads: usize,
     #[serde(deserialize_with = "cidrs")]
     pub trusted_proxies: Vec<IpNet>,
-    pub public_origin: String,
+    #[serde(deserialize_with = "one_or_many")]
+    pub public_origin: Vec<String>,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     pub strip_headers: Vec<String>,
@@ -59,7 +60,7 @@ impl Default for ServerSection {
             trusted_proxies: vec![IpNet::from(std::net::IpAddr::from(
                 std::net::Ipv4Addr::LOCALHOST,
             ))],
-            public_origin: "http://localhost:8080".to_string(),
+            public_origin: vec!["http://localhost:8080".to_string()],
             shutdown_grace: Duration::from_secs(30),
             strip_headers: Vec::new(),
         }
@@ -177,7 +178,7 @@ impl Default for RateLimitSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginProtectionSection {
     pub max_failures: u32,
@@ -275,6 +276,19 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
         serde::de::Error::custom(format!(
             "invalid duration \"{text}\" ({e}); write e.g. \"500ms\", \"2s\", \"15m\", \"24h\", \"30d\""
         ))
+    })
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
     })
 }
 

@@ -33,7 +33,6 @@ pub struct Config {
     pub session: SessionConfig,
     pub password: PasswordConfig,
     pub rate_limit: RateLimitSection,
-    #[expect(dead_code, reason = "account lockout (issue 4) reads it")]
     pub login_protection: LoginProtectionSection,
     pub log: LogSection,
     pub geoip: GeoipConfig,
@@ -52,8 +51,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    #[expect(dead_code, reason = "CSRF origin checks (issue 4) read it")]
-    pub public_origin: String,
+    /// Origins browsers use to reach the gateway (`scheme://host[:port]`, no trailing '/').
+    pub public_origins: Vec<String>,
     pub shutdown_grace: Duration,
     /// Operator-listed headers to strip, on top of the built-in identity headers.
     pub strip_headers: Vec<HeaderName>,
@@ -211,16 +210,27 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
             "must differ from server.listen",
         ));
     }
-    let origin = server
-        .public_origin
-        .trim()
-        .trim_end_matches('/')
-        .to_string();
-    if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+    if server.public_origin.is_empty() {
         return Err(invalid(
             "server.public_origin",
-            format!("\"{origin}\" must start with http:// or https://"),
+            "at least one origin is required",
         ));
+    }
+    let mut public_origins = Vec::new();
+    for (index, origin) in server.public_origin.iter().enumerate() {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if authority.is_none_or(|rest| rest.is_empty() || rest.contains('/')) {
+            return Err(invalid(
+                format!("server.public_origin[{index}]"),
+                format!(
+                    "\"{origin}\" must be scheme://host[:port], e.g. \"https://app.example.com\""
+                ),
+            ));
+        }
+        public_origins.push(origin);
     }
     let strip_headers = server
         .strip_headers
@@ -240,7 +250,7 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
         admin_listen: server.admin_listen,
         threads: server.threads,
         trusted_proxies: server.trusted_proxies,
-        public_origin: origin,
+        public_origins,
         shutdown_grace: server.shutdown_grace,
         strip_headers,
     })

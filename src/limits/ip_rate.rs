@@ -104,8 +104,7 @@ mod tests {
         }
         let refused = limiter
             .check(ip)
-            .err()
-            .expect("fourth request is over the burst");
+            .expect_err("fourth request is over the burst");
         assert!(refused.retry_after > Duration::ZERO);
         assert_eq!(refused.limit, 3);
         // Another client is unaffected.

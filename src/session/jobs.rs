@@ -67,7 +67,10 @@ impl ExpiryJob {
                 break;
             };
             after = Some(last.id);
-            let hashes: Vec<_> = batch.iter().map(|record| record.token_hash.clone()).collect();
+            let hashes: Vec<_> = batch
+                .iter()
+                .map(|record| record.token_hash.clone())
+                .collect();
             let live = self.sessions.live(&hashes).await?;
             let (mut absolute, mut idle) = (Vec::new(), Vec::new());
             for (record, live) in batch.iter().zip(live) {

@@ -119,6 +119,10 @@ pub trait SessionStore: Send + Sync {
 }
 
 /// What a request's cookie amounts to.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives for one request; boxing would add an allocation to the hot path"
+)]
 pub enum Lookup {
     /// No session cookie at all.
     Missing,
@@ -231,8 +235,11 @@ impl Sessions {
                 self.store.revoke(session.user_id, session.id).await?;
                 self.metrics.session_anomaly("ua_changed");
                 self.metrics.session_ended("revoked");
-                self.writer
-                    .sessions_ended(vec![session.id], SessionEnd::Revoked, "user_agent_changed");
+                self.writer.sessions_ended(
+                    vec![session.id],
+                    SessionEnd::Revoked,
+                    "user_agent_changed",
+                );
                 self.audit_anomaly(session, "revoke", client_ip, &user_agent);
                 return Ok(false);
             }

@@ -146,6 +146,7 @@ pub struct RedisConnection {
     timeout: Duration,
     /// The long-lived runtime the connection's driver task is spawned on.
     runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
 }
 
 /// After a failed connect, requests fail fast for this long instead of queueing connects.
@@ -156,6 +157,7 @@ impl RedisConnection {
         url: &str,
         timeout: Duration,
         runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
             client: redis::Client::open(url)?,
@@ -163,6 +165,7 @@ impl RedisConnection {
             connecting: tokio::sync::Mutex::new(None),
             timeout,
             runtime,
+            metrics,
         })
     }
 
@@ -210,8 +213,23 @@ impl RedisConnection {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
+    /// Runs one Redis call with the timeout, metrics and error mapping every call shares.
+    pub async fn call<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(unavailable(error.to_string())),
+            Err(_) => Err(unavailable("no answer in time".to_string())),
+        };
+        self.metrics
+            .store_call(Store::Redis, operation, started.elapsed(), result.is_ok());
+        if let Err(StoreError::Unavailable { detail, .. }) = &result {
+            tracing::warn!(operation, error = %detail, "redis call failed");
+        }
+        result
     }
 }
 
@@ -226,7 +244,6 @@ pub struct RedisSessionStore {
     connection: Arc<RedisConnection>,
     prefix: String,
     scripts: Scripts,
-    metrics: Arc<Metrics>,
 }
 
 struct Scripts {
@@ -238,7 +255,7 @@ struct Scripts {
 }
 
 impl RedisSessionStore {
-    pub fn new(connection: Arc<RedisConnection>, prefix: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(connection: Arc<RedisConnection>, prefix: &str) -> Self {
         Self {
             connection,
             prefix: prefix.to_string(),
@@ -249,7 +266,6 @@ impl RedisSessionStore {
                 revoke: script(REVOKE_SCRIPT),
                 revoke_all: script(REVOKE_ALL_SCRIPT),
             },
-            metrics,
         }
     }
 
@@ -263,25 +279,6 @@ impl RedisSessionStore {
 
     fn user_index_key(&self, user_id: Uuid) -> String {
         format!("{}user:{}:sessions", self.prefix, user_id)
-    }
-
-    /// Runs one Redis call with the timeout, metrics and error mapping every call shares.
-    async fn call<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
-    where
-        F: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.connection.timeout(), work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(unavailable(error.to_string())),
-            Err(_) => Err(unavailable("no answer in time".to_string())),
-        };
-        self.metrics
-            .store_call(Store::Redis, operation, started.elapsed(), result.is_ok());
-        if let Err(StoreError::Unavailable { detail, .. }) = &result {
-            tracing::warn!(operation, error = %detail, "redis call failed");
-        }
-        result
     }
 
     /// Runs a script on the user's index.
@@ -298,7 +295,8 @@ impl RedisSessionStore {
         if let Some(extra) = extra {
             invocation.arg(extra);
         }
-        self.call(operation, invocation.invoke_async(&mut connection))
+        self.connection
+            .call(operation, invocation.invoke_async(&mut connection))
             .await
     }
 }
@@ -323,7 +321,10 @@ impl SessionStore for RedisSessionStore {
         let mut connection = self.connection.get().await?;
         let lifetime = session.absolute_expiry_ms - session.created_at_ms;
         let ttl = millis(idle).min(lifetime);
-        let mut invocation = self.scripts.create.key(self.user_index_key(session.user_id));
+        let mut invocation = self
+            .scripts
+            .create
+            .key(self.user_index_key(session.user_id));
         invocation
             .key(self.session_key(token))
             .arg(self.session_prefix())
@@ -355,6 +356,7 @@ impl SessionStore for RedisSessionStore {
             invocation.arg(name).arg(value);
         }
         let reply: Vec<String> = self
+            .connection
             .call("create", invocation.invoke_async(&mut connection))
             .await?;
         match reply.split_first() {
@@ -375,6 +377,7 @@ impl SessionStore for RedisSessionStore {
         let mut invocation = self.scripts.touch.key(self.session_key(token));
         invocation.arg(now_ms).arg(millis(idle));
         let reply: Option<Vec<redis::Value>> = self
+            .connection
             .call("touch", invocation.invoke_async(&mut connection))
             .await?;
         Ok(reply.and_then(|fields| parse_live_session(&fields)))
@@ -427,16 +430,19 @@ impl SessionStore for RedisSessionStore {
         for token in tokens {
             pipe.exists(self.session_key(token));
         }
-        self.call("live", pipe.query_async(&mut connection)).await
+        self.connection
+            .call("live", pipe.query_async(&mut connection))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.get().await?;
-        self.call("ping", async move {
-            let _: String = connection.ping().await?;
-            Ok(())
-        })
-        .await
+        self.connection
+            .call("ping", async move {
+                let _: String = connection.ping().await?;
+                Ok(())
+            })
+            .await
     }
 }
 
