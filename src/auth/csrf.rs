@@ -102,15 +102,17 @@ pub fn new_token() -> String {
     expect(dead_code, reason = "the sign-in pages (issue 5) use it")
 )]
 pub fn local_redirect(target: &str) -> String {
+    // Browsers drop tabs and newlines inside URLs ("/\t/evil.com" becomes "//evil.com"), so
+    // decoded forms may hold spaces but no other whitespace or control characters.
     fn unsafe_form(candidate: &str) -> bool {
         !candidate.starts_with('/')
             || candidate.starts_with("//")
             || candidate.contains('\\')
             || candidate
                 .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
+                .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
     }
-    if target.is_empty() || target.len() > 2048 {
+    if target.is_empty() || target.len() > 2048 || target.contains(char::is_whitespace) {
         return "/".to_string();
     }
     // Check the target as sent and as it reads after each round of percent-decoding.
@@ -231,6 +233,8 @@ mod tests {
             "/%252F%252Fevil.com",
             "javascript:alert(1)",
             "/\tx",
+            "/%09/evil.com",
+            "/ /x",
             "",
             "evil.com",
         ] {
