@@ -9,7 +9,7 @@
 //!             4 normalise path           ──▶ 400     path.rs              │
 //!             5 /auth/*                  ──▶ API     auth/                │
 //!             6 route match              ──▶ 404     routes.rs            │
-//!             7 session (protected)      ──▶ 401/503 session/             ┘
+//!             7 session (protected)      ──▶ 401/302/503 session/         ┘
 //!          ─▶ upstream_peer              round-robin healthy upstream, or 503
 //!          ─▶ upstream_request_filter    inject X-User-Id (+ email, session id); drop our cookie
 //!          ─▶ upstream_response_filter   upstream latency
@@ -331,12 +331,18 @@ impl Gateway {
             }
             Ok(lookup) => {
                 self.metrics.decision(Decision::Unauthenticated);
-                let error = ApiError::Unauthenticated;
-                let headers = match lookup {
+                let mut headers = match lookup {
                     Lookup::Invalid => vec![("set-cookie", self.sessions.clear_cookie())],
                     _ => Vec::new(),
                 };
-                respond::error(session, 401, error.code(), &error.message(), &headers).await?;
+                if is_browser_navigation(session.req_header()) {
+                    // People get the sign-in page, and come back here afterwards.
+                    headers.push(("location", sign_in_location(session.req_header())));
+                    respond::send(session, 302, None, &headers, Vec::new()).await?;
+                } else {
+                    let error = ApiError::Unauthenticated;
+                    respond::error(session, 401, error.code(), &error.message(), &headers).await?;
+                }
                 Ok(true)
             }
             Err(store_error) => {
@@ -370,6 +376,7 @@ impl Gateway {
                 let request = AuthRequest {
                     method: session.req_header().method.clone(),
                     path,
+                    query: session.req_header().uri.query().map(str::to_string),
                     headers: session.req_header().headers.clone(),
                     body,
                     client_ip,
@@ -434,6 +441,26 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiErro
                 "request body took too long to arrive".to_string(),
             ))
         })
+}
+
+/// A page load (GET/HEAD asking for HTML), as opposed to an API call.
+fn is_browser_navigation(request: &RequestHeader) -> bool {
+    let accepts_html = request
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    accepts_html && matches!(request.method, http::Method::GET | http::Method::HEAD)
+}
+
+/// `/auth/login?rd=<the original path and query>`.
+fn sign_in_location(request: &RequestHeader) -> String {
+    let original = request
+        .uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    let encoded: String = form_urlencoded::byte_serialize(original.as_bytes()).collect();
+    format!("/auth/login?rd={encoded}")
 }
 
 fn oversized_headers(request: &RequestHeader) -> Option<&'static str> {

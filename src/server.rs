@@ -19,7 +19,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::auth::csrf::CsrfPolicy;
-use crate::auth::AuthApi;
+use crate::auth::{AuthApi, Pages};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::geo::Locator;
@@ -107,6 +107,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         session: session_config,
         password: password_config,
         rate_limit,
+        branding,
         routes: route_configs,
         ..
     } = config;
@@ -148,7 +149,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         hasher,
         locator,
         login_protection,
-        csrf: CsrfPolicy::new(&server_config.public_origins),
+        csrf: CsrfPolicy::new(&server_config.public_origins, session_config.secure_cookie),
+        pages: Pages::new(&branding, session_config.secure_cookie),
         metrics: metrics.clone(),
         min_password_length: password_config.min_length,
         database_ready: database_ready.clone(),

@@ -22,12 +22,19 @@ pub const CSRF_FIELD: &str = "csrf_token";
 pub struct CsrfPolicy {
     /// Lower-case `scheme://host[:port]`, no trailing slash.
     origins: Vec<String>,
+    /// The double-submit cookie (`__Host-` prefixed when cookies are Secure).
+    cookie_name: String,
 }
 
 impl CsrfPolicy {
-    pub fn new(origins: &[String]) -> Self {
+    pub fn new(origins: &[String], secure_cookie: bool) -> Self {
         Self {
             origins: origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            cookie_name: if secure_cookie {
+                format!("__Host-{CSRF_COOKIE}")
+            } else {
+                CSRF_COOKIE.to_string()
+            },
         }
     }
 
@@ -53,7 +60,7 @@ impl CsrfPolicy {
 
     /// Form posts must carry the double-submit token.
     pub fn check_form_token(&self, headers: &HeaderMap, fields: &Fields) -> Result<(), ApiError> {
-        let expected = crate::session::cookie::read(headers, CSRF_COOKIE).unwrap_or_default();
+        let expected = crate::session::cookie::read(headers, &self.cookie_name).unwrap_or_default();
         let presented = fields.optional(CSRF_FIELD).ok().flatten().unwrap_or("");
         let valid = !expected.is_empty()
             && expected.len() == presented.len()
@@ -87,7 +94,6 @@ fn origin_of(url: &str) -> Option<String> {
 }
 
 /// A fresh token for the double-submit cookie.
-#[expect(dead_code, reason = "the sign-in pages (issue 5) issue it")]
 pub fn new_token() -> String {
     crate::session::SessionToken::generate()
         .as_str()
@@ -97,10 +103,6 @@ pub fn new_token() -> String {
 /// A redirect target we are willing to send a browser to after sign-in: a local path only.
 /// Anything else (`//evil.com`, `https://evil.com`, `/\evil.com`, encoded forms of these,
 /// control characters) becomes `/`.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the sign-in pages (issue 5) use it")
-)]
 pub fn local_redirect(target: &str) -> String {
     // Browsers drop tabs and newlines inside URLs ("/\t/evil.com" becomes "//evil.com"), so
     // decoded forms may hold spaces but no other whitespace or control characters.
@@ -157,7 +159,7 @@ mod tests {
     use super::*;
 
     fn policy() -> CsrfPolicy {
-        CsrfPolicy::new(&["http://localhost:8080".to_string()])
+        CsrfPolicy::new(&["http://localhost:8080".to_string()], false)
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

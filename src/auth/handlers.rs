@@ -447,7 +447,7 @@ impl AuthApi {
     }
 
     /// Ends every session of the user but `current`; returns how many.
-    async fn revoke_others(
+    pub(super) async fn revoke_others(
         &self,
         request: &AuthRequest,
         current: &SessionData,
@@ -489,7 +489,7 @@ impl AuthApi {
     }
 
     /// Adds the refreshed sliding cookie to a response for a signed-in caller.
-    fn authenticated(
+    pub(super) fn authenticated(
         &self,
         response: AuthResponse,
         token: &SessionToken,
@@ -516,7 +516,7 @@ impl AuthApi {
     }
 
     /// Appends to the audit trail, written behind the request.
-    fn audit(
+    pub(super) fn audit(
         &self,
         request: &AuthRequest,
         kind: &'static str,

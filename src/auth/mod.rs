@@ -8,6 +8,7 @@ pub mod csrf;
 pub mod error;
 mod handlers;
 pub mod input;
+mod pages;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use crate::store::behind::WriteBehind;
 use crate::store::RecordStore;
 use crate::telemetry::Metrics;
 use csrf::CsrfPolicy;
+pub use pages::Pages;
 
 /// Request bodies on `/auth` larger than this get 413 (SPEC §5).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -34,6 +36,8 @@ pub struct AuthRequest {
     pub method: Method,
     pub path: String,
     pub headers: HeaderMap,
+    /// The query string, if any (pages read `rd` and notices from it).
+    pub query: Option<String>,
     pub body: Bytes,
     pub client_ip: IpAddr,
     /// Whether the TCP peer is a trusted proxy (whose CDN headers may be believed).
@@ -104,6 +108,7 @@ pub struct AuthApi {
     pub locator: Arc<Locator>,
     pub login_protection: Arc<LoginProtection>,
     pub csrf: CsrfPolicy,
+    pub pages: pages::Pages,
     pub metrics: Arc<Metrics>,
     pub min_password_length: usize,
     /// Set once the database schema is migrated; until then database-backed calls get 503.
@@ -118,6 +123,10 @@ impl AuthApi {
     pub async fn handle(&self, request: AuthRequest) -> AuthResponse {
         let result = match self.check_csrf(&request) {
             Ok(()) => self.route(&request).await,
+            Err(error @ ApiError::Forbidden(_)) if Self::is_page_request(&request) => {
+                tracing::info!(path = %request.path, reason = %error.message(), "form post refused");
+                return self.csrf_failure_page(&request);
+            }
             Err(error) => Err(error),
         };
         result.unwrap_or_else(|error| self.error_response(&request, error))
@@ -147,7 +156,18 @@ impl AuthApi {
 
     async fn route(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
         let method = &request.method;
+        let page = matches!(*method, Method::GET | Method::HEAD);
+        let form = Self::is_page_request(request);
         match request.path.as_str() {
+            "/auth/login" if page => self.login_page(request).await,
+            "/auth/register" if page => self.register_page(request).await,
+            "/auth/devices" if page => self.devices_page(request).await,
+            pages::STYLESHEET_PATH if page => Ok(self.pages.stylesheet()),
+            "/auth/login" if form => self.login_form(request).await,
+            "/auth/register" if form => self.register_form(request).await,
+            "/auth/logout" if form => self.logout_form(request).await,
+            "/auth/devices/revoke" if form => self.devices_revoke_form(request).await,
+            "/auth/devices/revoke-others" if form => self.devices_revoke_others_form(request).await,
             "/auth/register" if method == Method::POST => self.register(request).await,
             "/auth/login" if method == Method::POST => self.login(request).await,
             "/auth/logout" if method == Method::POST => self.logout(request).await,
@@ -174,7 +194,10 @@ impl AuthApi {
             | "/auth/user/sessions"
             | "/auth/user/devices"
             | "/auth/user/ips"
-            | "/auth/user/password" => Err(ApiError::MethodNotAllowed),
+            | "/auth/user/password"
+            | "/auth/devices"
+            | "/auth/devices/revoke"
+            | "/auth/devices/revoke-others" => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         }
     }

@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub log: LogSection,
     #[serde(default)]
     pub geoip: GeoipSection,
+    #[serde(default)]
+    pub branding: BrandingSection,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
 }
@@ -212,6 +214,23 @@ impl Default for LogSection {
         Self {
             format: LogFormat::Text,
             level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrandingSection {
+    pub product_name: String,
+    /// `#rgb` or `#rrggbb`; empty: the default blue.
+    pub accent_color: String,
+}
+
+impl Default for BrandingSection {
+    fn default() -> Self {
+        Self {
+            product_name: "authgate".to_string(),
+            accent_color: String::new(),
         }
     }
 }

@@ -36,7 +36,15 @@ pub struct Config {
     pub login_protection: LoginProtectionSection,
     pub log: LogSection,
     pub geoip: GeoipConfig,
+    pub branding: BrandingConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct BrandingConfig {
+    pub product_name: String,
+    /// Validated `#rrggbb` (or `#rgb`), readable as a background for white text.
+    pub accent_color: Option<String>,
 }
 
 #[derive(Debug)]
@@ -187,6 +195,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
         }
     }
     let geoip = validate_geoip(file.geoip)?;
+    let branding = validate_branding(file.branding)?;
     Ok(Config {
         server,
         storage: file.storage,
@@ -196,6 +205,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
         login_protection,
         log: file.log,
         geoip,
+        branding,
         routes,
     })
 }
@@ -350,6 +360,61 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
         expiry_check_interval: session.expiry_check_interval,
         record_retention: session.record_retention,
     })
+}
+
+fn validate_branding(branding: file::BrandingSection) -> Result<BrandingConfig, Invalid> {
+    let product_name = branding.product_name.trim().to_string();
+    if product_name.is_empty() || product_name.chars().count() > 60 {
+        return Err(invalid(
+            "branding.product_name",
+            "must be 1 to 60 characters",
+        ));
+    }
+    let accent_color = match branding.accent_color.trim() {
+        "" => None,
+        color => {
+            let luminance = hex_color_luminance(color).ok_or_else(|| {
+                invalid(
+                    "branding.accent_color",
+                    format!("\"{color}\" is not a colour; write #rgb or #rrggbb"),
+                )
+            })?;
+            // Buttons put white text on the accent: require WCAG AA contrast (4.5:1).
+            let contrast = 1.05 / (luminance + 0.05);
+            if contrast < 4.5 {
+                return Err(invalid(
+                    "branding.accent_color",
+                    format!(
+                        "\"{color}\" is too light for white text (contrast {contrast:.1}:1, need 4.5:1)"
+                    ),
+                ));
+            }
+            Some(color.to_ascii_lowercase())
+        }
+    };
+    Ok(BrandingConfig {
+        product_name,
+        accent_color,
+    })
+}
+
+/// Relative luminance (WCAG) of `#rgb` / `#rrggbb`.
+fn hex_color_luminance(color: &str) -> Option<f64> {
+    let hex = color.strip_prefix('#')?;
+    let expanded: String = match hex.len() {
+        3 => hex.chars().flat_map(|c| [c, c]).collect(),
+        6 => hex.to_string(),
+        _ => return None,
+    };
+    let channel = |i: usize| -> Option<f64> {
+        let value = f64::from(u8::from_str_radix(expanded.get(i..i + 2)?, 16).ok()?) / 255.0;
+        Some(if value <= 0.03928 {
+            value / 12.92
+        } else {
+            ((value + 0.055) / 1.055).powf(2.4)
+        })
+    };
+    Some(0.2126 * channel(0)? + 0.7152 * channel(2)? + 0.0722 * channel(4)?)
 }
 
 fn validate_geoip(geoip: GeoipSection) -> Result<GeoipConfig, Invalid> {
@@ -577,6 +642,24 @@ mod tests {
         });
         assert_eq!(config.storage.database_url, "postgres://db/x");
         assert_eq!(config.storage.redis_url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn accent_colour_must_be_readable_under_white_text() {
+        let with = |color: &str| {
+            Config::parse(&format!(
+                "[branding]\naccent_color = \"{color}\"\n{MINIMAL}"
+            ))
+        };
+        assert_eq!(
+            with("#1D4ED8").unwrap().branding.accent_color.as_deref(),
+            Some("#1d4ed8")
+        );
+        assert!(with("#ffff00")
+            .unwrap_err()
+            .to_string()
+            .contains("contrast"));
+        assert!(with("blue").is_err());
     }
 
     #[test]
