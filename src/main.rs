@@ -21,6 +21,21 @@ mod session;
 mod store;
 mod telemetry;
 
+#[cfg(test)]
+mod test_support {
+    /// A header map from `(name, value)` pairs (repeats allowed).
+    pub fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
+                value.parse().expect("test header value"),
+            );
+        }
+        map
+    }
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

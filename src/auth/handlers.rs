@@ -303,24 +303,12 @@ impl AuthApi {
         let session_id: Uuid = id
             .parse()
             .map_err(|_| ApiError::InvalidRequest("session id must be a UUID".to_string()))?;
-        // Only the caller's own index is consulted: another user's id is simply not found.
         if !self
-            .sessions
-            .revoke(current.data.user_id, session_id)
+            .end_own_session(request, &current.data, session_id)
             .await?
         {
             return Err(ApiError::NotFound);
         }
-        self.metrics.session_ended("revoked");
-        self.writer
-            .sessions_ended(vec![session_id], SessionEnd::Revoked, "revoked_by_user");
-        self.audit(
-            request,
-            "revoke",
-            Some(current.data.user_id),
-            Some(session_id),
-            json!({ "by_session": current.data.id }),
-        );
         let response = AuthResponse::no_content();
         if session_id == current.data.id {
             return Ok(response.with_header("set-cookie", self.sessions.clear_cookie()));
@@ -444,6 +432,30 @@ impl AuthApi {
             json!({ "revoked_sessions": revoked }),
         );
         Ok(self.authenticated(AuthResponse::no_content(), &token, &current))
+    }
+
+    /// Ends one of the caller's own sessions; `false` if the caller has no such session. Only
+    /// the caller's index is consulted, so another user's session id is simply not found.
+    pub(super) async fn end_own_session(
+        &self,
+        request: &AuthRequest,
+        current: &SessionData,
+        session_id: Uuid,
+    ) -> Result<bool, ApiError> {
+        if !self.sessions.revoke(current.user_id, session_id).await? {
+            return Ok(false);
+        }
+        self.metrics.session_ended("revoked");
+        self.writer
+            .sessions_ended(vec![session_id], SessionEnd::Revoked, "revoked_by_user");
+        self.audit(
+            request,
+            "revoke",
+            Some(current.user_id),
+            Some(session_id),
+            json!({ "by_session": current.id }),
+        );
+        Ok(true)
     }
 
     /// Ends every session of the user but `current`; returns how many.

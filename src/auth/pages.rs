@@ -15,7 +15,7 @@ use super::input::Fields;
 use super::{AuthApi, AuthRequest, AuthResponse};
 use crate::config::BrandingConfig;
 use crate::session::{LiveSession, Lookup, SessionToken};
-use crate::store::{Device, IpRecord, SessionEnd};
+use crate::store::{Device, IpRecord};
 
 const STYLESHEET: &str = include_str!("assets/style.css");
 pub const STYLESHEET_PATH: &str = "/auth/assets/style.css";
@@ -449,22 +449,8 @@ impl AuthApi {
             .required("session_id")?
             .parse()
             .map_err(|_| ApiError::InvalidRequest("session_id must be a UUID".to_string()))?;
-        if self
-            .sessions
-            .revoke(current.data.user_id, session_id)
-            .await?
-        {
-            self.metrics.session_ended("revoked");
-            self.writer
-                .sessions_ended(vec![session_id], SessionEnd::Revoked, "revoked_by_user");
-            self.audit(
-                request,
-                "revoke",
-                Some(current.data.user_id),
-                Some(session_id),
-                serde_json::json!({ "by_session": current.data.id }),
-            );
-        }
+        self.end_own_session(request, &current.data, session_id)
+            .await?;
         if session_id == current.data.id {
             return Ok(see_other("/auth/login?signed_out=1")
                 .with_header("set-cookie", self.sessions.clear_cookie()));

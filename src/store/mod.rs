@@ -28,7 +28,7 @@ pub enum StoreError {
 }
 
 /// A user as the API shows it: never the password hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -69,7 +69,7 @@ pub struct SessionRecord {
 }
 
 /// A device (user agent) a user signed in from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Device {
     pub id: Uuid,
     pub label: String,
@@ -79,7 +79,7 @@ pub struct Device {
 }
 
 /// An address a user signed in from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct IpRecord {
     pub id: Uuid,
     pub address: IpAddr,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{
@@ -96,14 +96,7 @@ fn map_error(error: sqlx::Error) -> StoreError {
 }
 
 fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
-    Ok(User {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        username: row.try_get("username")?,
-        full_name: row.try_get("full_name")?,
-        created_at: row.try_get("created_at")?,
-        last_login: row.try_get("last_login")?,
-    })
+    User::from_row(row)
 }
 
 #[async_trait]
@@ -303,50 +296,28 @@ impl RecordStore for PostgresStore {
     }
 
     async fn devices(&self, user_id: Uuid) -> Result<Vec<Device>, StoreError> {
-        self.call("devices", async {
-            let rows = sqlx::query(
+        self.call(
+            "devices",
+            sqlx::query_as(
                 "SELECT id, label, user_agent, first_seen, last_seen FROM devices \
                  WHERE user_id = $1 ORDER BY last_seen DESC",
             )
             .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(Device {
-                        id: row.try_get("id")?,
-                        label: row.try_get("label")?,
-                        user_agent: row.try_get("user_agent")?,
-                        first_seen: row.try_get("first_seen")?,
-                        last_seen: row.try_get("last_seen")?,
-                    })
-                })
-                .collect()
-        })
+            .fetch_all(&self.pool),
+        )
         .await
     }
 
     async fn ips(&self, user_id: Uuid) -> Result<Vec<IpRecord>, StoreError> {
-        self.call("ips", async {
-            let rows = sqlx::query(
+        self.call(
+            "ips",
+            sqlx::query_as(
                 "SELECT id, address, location, first_seen, last_seen FROM ip_addresses \
                  WHERE user_id = $1 ORDER BY last_seen DESC",
             )
             .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(IpRecord {
-                        id: row.try_get("id")?,
-                        address: row.try_get("address")?,
-                        location: row.try_get("location")?,
-                        first_seen: row.try_get("first_seen")?,
-                        last_seen: row.try_get("last_seen")?,
-                    })
-                })
-                .collect()
-        })
+            .fetch_all(&self.pool),
+        )
         .await
     }
 
