@@ -95,10 +95,6 @@ fn map_error(error: sqlx::Error) -> StoreError {
     unavailable(error.to_string())
 }
 
-fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
-    User::from_row(row)
-}
-
 #[async_trait]
 impl RecordStore for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -129,7 +125,7 @@ impl RecordStore for PostgresStore {
                 .bind(&user.password_hash)
                 .fetch_one(&self.pool)
                 .await?;
-            user_from_row(&row)
+            User::from_row(&row)
         })
         .await
     }
@@ -146,7 +142,7 @@ impl RecordStore for PostgresStore {
                 return Ok(None);
             };
             Ok(Some(Credentials {
-                user: user_from_row(&row)?,
+                user: User::from_row(&row)?,
                 password_hash: row.try_get("password_hash")?,
                 is_active: row.try_get("is_active")?,
             }))
@@ -161,7 +157,7 @@ impl RecordStore for PostgresStore {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-            row.as_ref().map(user_from_row).transpose()
+            row.as_ref().map(User::from_row).transpose()
         })
         .await
     }
