@@ -253,6 +253,9 @@ impl ProxyHttp for Gateway {
             _ => (502, "bad_gateway", "the request could not be proxied"),
         };
         if status > 0 {
+            // The upstream exchange failed midway; don't promise the client a reusable
+            // connection (it gets `Connection: close`).
+            session.set_keepalive(None);
             let headers = if status == 503 {
                 vec![("retry-after", "1".to_string())]
             } else {

@@ -35,7 +35,9 @@ impl Fields {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) => {
-                if text.chars().any(|c| c.is_control()) {
+                // Surrounding whitespace (tabs, newlines) is trimmed by the field rules later;
+                // control characters inside a value are refused.
+                if text.trim().chars().any(|c| c.is_control()) {
                     return Err(invalid(format!(
                         "{name} must not contain control characters"
                     )));

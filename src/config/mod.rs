@@ -315,11 +315,8 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
     if session.idle_timeout < Duration::from_secs(1) {
         return Err(invalid("session.idle_timeout", "must be at least 1s"));
     }
-    if session.absolute_timeout < session.idle_timeout {
-        return Err(invalid(
-            "session.absolute_timeout",
-            "must not be shorter than session.idle_timeout",
-        ));
+    if session.absolute_timeout < Duration::from_secs(1) {
+        return Err(invalid("session.absolute_timeout", "must be at least 1s"));
     }
     for (key, value) in [
         (

@@ -4,10 +4,15 @@
 //! - the expiry job marks `expired` the session records whose live session is gone from the
 //!   store (idle or absolute timeout), purges ended records past retention, and refreshes the
 //!   active-sessions gauge. If the session store cannot be asked, nothing is marked: an outage
-//!   must never look like mass expiry.
+//!   must never look like mass expiry. A record must be found without a live session in two
+//!   consecutive passes: a logout, revocation or eviction removes the live session at once but
+//!   reaches Postgres a moment later (write-behind), and must keep its own ending.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use uuid::Uuid;
 
 use chrono::Utc;
 
@@ -50,16 +55,21 @@ impl ExpiryJob {
     pub async fn run(self) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Records found without a live session in the previous pass.
+        let mut suspects = HashSet::new();
         loop {
             tick.tick().await;
-            if let Err(error) = self.run_once().await {
-                tracing::warn!(%error, "session expiry pass skipped");
+            match self.run_once(&suspects).await {
+                Ok(still_dead) => suspects = still_dead,
+                Err(error) => tracing::warn!(%error, "session expiry pass skipped"),
             }
         }
     }
 
-    async fn run_once(&self) -> Result<(), StoreError> {
+    /// One pass; returns the records seen dead for the first time (the next pass's suspects).
+    async fn run_once(&self, suspects: &HashSet<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
         let now = Utc::now();
+        let mut first_seen_dead = HashSet::new();
         let mut after = None;
         loop {
             let batch = self.records.active_sessions(after, EXPIRY_BATCH).await?;
@@ -77,6 +87,10 @@ impl ExpiryJob {
                 if live {
                     continue;
                 }
+                if !suspects.contains(&record.id) {
+                    first_seen_dead.insert(record.id);
+                    continue;
+                }
                 if record.expires_at <= now {
                     absolute.push(record.id);
                 } else {
@@ -87,10 +101,11 @@ impl ExpiryJob {
                 if ids.is_empty() {
                     continue;
                 }
-                self.records
+                let expired = self
+                    .records
                     .end_sessions(&ids, SessionEnd::Expired, reason, now)
                     .await?;
-                for _ in &ids {
+                for _ in 0..expired {
                     self.metrics.session_ended("expired");
                 }
             }
@@ -103,6 +118,6 @@ impl ExpiryJob {
         }
         let active = self.records.count_active_sessions().await?;
         self.metrics.active_sessions(active);
-        Ok(())
+        Ok(first_seen_dead)
     }
 }

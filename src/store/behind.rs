@@ -98,6 +98,9 @@ async fn write(records: &dyn RecordStore, record: &Record) -> Result<(), StoreEr
             end,
             reason,
             at,
-        } => records.end_sessions(ids, *end, reason, *at).await,
+        } => records
+            .end_sessions(ids, *end, reason, *at)
+            .await
+            .map(|_| ()),
     }
 }

@@ -177,14 +177,15 @@ pub trait RecordStore: Send + Sync {
     async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
     async fn set_password_hash(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError>;
 
-    /// Marks many sessions ended at once (no-op for those already ended).
+    /// Marks many sessions ended at once (no-op for those already ended); returns how many
+    /// records it changed.
     async fn end_sessions(
         &self,
         ids: &[Uuid],
         end: SessionEnd,
         reason: &str,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
     /// Applies a batch of write-behind activity (sessions, devices, IPs).
     async fn record_activity(&self, batch: &[Activity]) -> Result<(), StoreError>;
     /// Active session records after `after` (by id), at most `limit`, for the expiry job.

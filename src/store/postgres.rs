@@ -345,9 +345,9 @@ impl RecordStore for PostgresStore {
         end: SessionEnd,
         reason: &str,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.call(
             "end_sessions",
@@ -362,7 +362,7 @@ impl RecordStore for PostgresStore {
             .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|result| result.rows_affected())
     }
 
     async fn record_activity(&self, batch: &[Activity]) -> Result<(), StoreError> {

@@ -1,0 +1,132 @@
+//! Brute-force protection (SPEC §5): repeated failures lock an account, known or not, for a
+//! while, even against the right password; a single IP can only try so many logins.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn attempt(gateway: &Gateway, email: &str, password: &str) -> reqwest::Response {
+    gateway
+        .post_json(
+            "/auth/login",
+            &json!({"email": email, "password": password}),
+            None,
+        )
+        .await
+}
+
+/// Asserts a 429 lockout with a sensible Retry-After (at most `max_secs`).
+async fn assert_locked(response: reqwest::Response, max_secs: u64) {
+    assert!(
+        session_cookie(&response).is_none(),
+        "a locked login set a cookie"
+    );
+    let retry_after = header(&response, "retry-after")
+        .unwrap_or_else(|| panic!("429 without Retry-After"))
+        .trim()
+        .parse::<u64>()
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=max_secs).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    assert_json_error_status(response, 429).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failed_logins_lock_the_account_even_against_the_right_password() {
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 100)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+    for i in 1..=5 {
+        let response = attempt(&gateway, &email, &format!("wrong-password-{i}")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    assert_locked(attempt(&gateway, &email, &password).await, 15 * 60).await;
+    // The lock is per normalised e-mail.
+    assert_locked(
+        attempt(&gateway, &format!(" {} ", email.to_uppercase()), &password).await,
+        15 * 60,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_emails_lock_exactly_like_real_ones() {
+    // Otherwise the lockout itself would reveal which accounts exist.
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 100)
+        .start()
+        .await;
+    let ghost = unique_email();
+    for i in 1..=5 {
+        let response = attempt(&gateway, &ghost, &format!("wrong-password-{i}")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    assert_locked(attempt(&gateway, &ghost, "wrong-password-6").await, 15 * 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_account_does_not_lock_anyone_else() {
+    let gateway = GatewayOptions::new()
+        .login_protection(3, "15m", "15m", 100)
+        .start()
+        .await;
+    let victim = unique_email();
+    gateway.register(&victim, &strong_password()).await;
+    let bystander = unique_email();
+    let bystander_password = strong_password();
+    gateway.register(&bystander, &bystander_password).await;
+    for _ in 0..3 {
+        attempt(&gateway, &victim, "wrong-password").await;
+    }
+    assert_locked(attempt(&gateway, &victim, "wrong-password").await, 15 * 60).await;
+    gateway.login(&bystander, &bystander_password).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lockout_ends_after_its_duration() {
+    let gateway = GatewayOptions::new()
+        .login_protection(2, "15m", "2s", 100)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+    for _ in 0..2 {
+        attempt(&gateway, &email, "wrong-password").await;
+    }
+    assert_locked(attempt(&gateway, &email, &password).await, 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = eventually(Duration::from_secs(4), "the lockout to end", || async {
+        let response = attempt(&gateway, &email, &password).await;
+        (response.status() == 200).then_some(response.status())
+    })
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ip_gets_only_max_attempts_per_ip_failed_logins() {
+    let gateway = GatewayOptions::new()
+        .login_protection(100, "15m", "15m", 3)
+        .start()
+        .await;
+    // Different accounts each time: only the per-IP counter can stop this.
+    for _ in 0..3 {
+        let response = attempt(&gateway, &unique_email(), "wrong-password").await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    assert_locked(
+        attempt(&gateway, &unique_email(), "wrong-password").await,
+        15 * 60,
+    )
+    .await;
+}

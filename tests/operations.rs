@@ -1,0 +1,650 @@
+//! Running authgate (SPEC §7, §8): metrics, health and readiness, failing closed when Redis is
+//! gone and recovering when it returns, what the logs may and must contain, `authgate check`,
+//! and SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+// --- metrics ---------------------------------------------------------------------------------
+
+/// Waits until `name{labels}` is at least `at_least` (metrics may be recorded after the
+/// response is sent); panics with the series of that name otherwise.
+async fn metric_at_least(gateway: &Gateway, name: &str, labels: &[(&str, &str)], at_least: f64) {
+    let what = format!("{name}{labels:?} >= {at_least}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let last_text = loop {
+        let text = gateway.metrics().await;
+        if metric_value(&text, name, labels).is_some_and(|v| v >= at_least) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let related: Vec<&str> = last_text
+        .lines()
+        .filter(|l| l.starts_with(name.trim_end_matches("_count")))
+        .collect();
+    panic!(
+        "metric {what} not reached; value {:?}; series with that name:\n{}",
+        metric_value(&last_text, name, labels),
+        related.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_decisions_logins_and_upstream_latency() {
+    let gateway = GatewayOptions::new().rate_limit(1, 6).start().await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+    let token = gateway.login(&email, &password).await;
+    let bad_login = gateway
+        .post_json(
+            "/auth/login",
+            &json!({"email": email, "password": "not-the-password"}),
+            None,
+        )
+        .await;
+    assert_eq!(bad_login.status(), 401);
+
+    let allowed = gateway.get("/dashboard", Some(&token)).await;
+    assert_eq!(allowed.status(), 200);
+    let unauthenticated = gateway
+        .get_with("/dashboard", None, &[("Accept", "application/json")])
+        .await;
+    assert_eq!(unauthenticated.status(), 401);
+    let mut limited = false;
+    for _ in 0..30 {
+        if gateway.get("/dashboard", Some(&token)).await.status() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "never rate limited");
+
+    metric_at_least(
+        &gateway,
+        "authgate_http_requests_total",
+        &[("route", "/"), ("status_class", "2xx")],
+        1.0,
+    )
+    .await;
+    metric_at_least(
+        &gateway,
+        "authgate_http_requests_total",
+        &[("route", "/"), ("status_class", "4xx")],
+        1.0,
+    )
+    .await;
+    for decision in ["allowed", "unauthenticated", "rate_limited"] {
+        metric_at_least(
+            &gateway,
+            "authgate_auth_decisions_total",
+            &[("decision", decision)],
+            1.0,
+        )
+        .await;
+    }
+    for outcome in ["success", "failure"] {
+        metric_at_least(
+            &gateway,
+            "authgate_logins_total",
+            &[("outcome", outcome)],
+            1.0,
+        )
+        .await;
+    }
+    metric_at_least(
+        &gateway,
+        "authgate_upstream_latency_seconds_count",
+        &[("route", "/")],
+        1.0,
+    )
+    .await;
+
+    // The counts are exact, not merely present: one failed login so far.
+    let text = gateway.metrics().await;
+    assert_eq!(
+        metric_value(&text, "authgate_logins_total", &[("outcome", "failure")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&text, "authgate_logins_total", &[("outcome", "success")]),
+        Some(1.0)
+    );
+    // The latency histogram is a real histogram.
+    assert!(
+        metric_value(
+            &text,
+            "authgate_upstream_latency_seconds_bucket",
+            &[("route", "/"), ("le", "+Inf")]
+        )
+        .is_some_and(|v| v >= 1.0),
+        "no +Inf bucket for route /"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text_with_help_and_type() {
+    let gateway = Gateway::start().await;
+    let user = gateway.signed_in_user().await;
+    gateway.get("/dashboard", Some(&user.token)).await;
+    gateway.get("/public/x", None).await;
+    let response = gateway.admin_get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let content_type = header(&response, "content-type")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "content-type {content_type:?}"
+    );
+    let text = response.text().await.unwrap();
+    let samples = parse_metrics(&text);
+    assert!(!samples.is_empty());
+
+    let declared = |kind: &str, family: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("# {kind} {family} ")))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for sample in &samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = sample.name.strip_suffix(suffix)?;
+                declared("TYPE", base).then_some(base)
+            })
+            .unwrap_or(&sample.name);
+        assert!(declared("TYPE", family), "no # TYPE for {}", sample.name);
+        assert!(declared("HELP", family), "no # HELP for {}", sample.name);
+        assert!(
+            seen.insert(format!("{}{:?}", sample.name, sample.labels)),
+            "duplicate series {} {:?}",
+            sample.name,
+            sample.labels
+        );
+    }
+    for family in [
+        "authgate_http_requests_total",
+        "authgate_auth_decisions_total",
+        "authgate_logins_total",
+        "authgate_upstream_latency_seconds_count",
+    ] {
+        assert!(
+            samples.iter().any(|s| s.name == family),
+            "no {family} series after traffic"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_not_served_on_the_public_listener() {
+    let gateway = GatewayOptions::new()
+        .routes(vec![RouteSpec::public("/", Upstream::Echo)])
+        .start()
+        .await;
+    let response = gateway.get("/metrics", None).await;
+    // Whatever answers, it is not the gateway's own exposition.
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("authgate_http_requests_total"), "{text}");
+}
+
+// --- health and readiness --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_are_200_when_both_stores_are_up() {
+    let gateway = Gateway::start().await;
+    assert_eq!(gateway.admin_get("/healthz").await.status(), 200);
+    eventually(Duration::from_secs(10), "/readyz 200", || async {
+        (gateway.admin_get("/readyz").await.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_unreachable_the_gateway_starts_but_is_not_ready_and_fails_closed() {
+    // A cookie exactly like a real one, minted by a healthy gateway.
+    let donor = Gateway::start().await;
+    let real_shaped_token = donor.signed_in_user().await.token;
+
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let gateway = GatewayOptions::new()
+        .redis_url(&dead_redis)
+        .expect_not_ready()
+        .start()
+        .await;
+
+    assert_eq!(gateway.admin_get("/healthz").await.status(), 200);
+    assert_eq!(gateway.admin_get("/readyz").await.status(), 503);
+
+    let response = gateway
+        .get_with(
+            "/dashboard",
+            Some(&real_shaped_token),
+            &[("Accept", "application/json")],
+        )
+        .await;
+    assert_fails_closed(response).await;
+    // A cookie that cannot be a token may be refused without asking the store; either way it
+    // is refused.
+    for junk in [uuid::Uuid::new_v4().to_string(), "x".to_string()] {
+        let status = gateway
+            .get_with("/dashboard", Some(&junk), &[("Accept", "application/json")])
+            .await
+            .status();
+        assert!(status == 401 || status == 503, "{junk}: {status}");
+    }
+    let public = gateway.get("/public/still-works", None).await;
+    assert_eq!(public.status(), 200, "public routes do not need Redis");
+    assert_eq!(
+        gateway.echo.request_count(),
+        1,
+        "only the public request got through"
+    );
+}
+
+async fn assert_fails_closed(response: reqwest::Response) {
+    let retry_after = header(&response, "retry-after").map(str::to_string);
+    let error = assert_json_error_status(response, 503).await;
+    let retry_after = retry_after.unwrap_or_else(|| panic!("503 without Retry-After: {error}"));
+    assert!(
+        retry_after.trim().parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After {retry_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_fails_closed_and_its_return_recovers_without_a_restart() {
+    let redis = TcpForwarder::to_redis().await;
+    let gateway = GatewayOptions::new()
+        .redis_url(&redis.redis_url())
+        .start()
+        .await;
+    let user = gateway.signed_in_user().await;
+    assert_eq!(gateway.get("/inbox", Some(&user.token)).await.status(), 200);
+    eventually(Duration::from_secs(10), "/readyz 200", || async {
+        (gateway.admin_get("/readyz").await.status() == 200).then_some(())
+    })
+    .await;
+
+    redis.stop();
+    eventually(
+        Duration::from_secs(10),
+        "/readyz 503 with Redis down",
+        || async { (gateway.admin_get("/readyz").await.status() == 503).then_some(()) },
+    )
+    .await;
+    let response = eventually(Duration::from_secs(10), "protected 503", || async {
+        let response = gateway
+            .get_with(
+                "/inbox",
+                Some(&user.token),
+                &[("Accept", "application/json")],
+            )
+            .await;
+        match response.status().as_u16() {
+            503 => Some(response),
+            200 => panic!("a protected route was served without Redis"),
+            _ => None,
+        }
+    })
+    .await;
+    assert_fails_closed(response).await;
+    assert_eq!(
+        gateway.get("/public/up", None).await.status(),
+        200,
+        "public routes keep working without Redis"
+    );
+
+    redis.resume().await;
+    eventually(
+        Duration::from_secs(10),
+        "/readyz 200 after Redis returned",
+        || async { (gateway.admin_get("/readyz").await.status() == 200).then_some(()) },
+    )
+    .await;
+    let echo = eventually(
+        Duration::from_secs(10),
+        "the session to work again",
+        || async {
+            let response = gateway.get("/inbox", Some(&user.token)).await;
+            if response.status() == 200 {
+                Some(echoed(response).await)
+            } else {
+                None
+            }
+        },
+    )
+    .await;
+    assert_eq!(echo.header("x-user-id"), Some(user.id.as_str()));
+}
+
+// --- logs ------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_passwords_tokens_or_hashes() {
+    let gateway = Gateway::start().await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+    let token = gateway.login(&email, &password).await;
+    gateway.get("/page", Some(&token)).await;
+    gateway.get("/auth/user/me", Some(&token)).await;
+    // A failed login and a bad registration log the attempt, never the secret.
+    let wrong = format!("{password}-wrong");
+    gateway
+        .post_json(
+            "/auth/login",
+            &json!({"email": email, "password": wrong}),
+            None,
+        )
+        .await;
+    gateway
+        .post_json(
+            "/auth/register",
+            &json!({"email": "no-at-sign", "password": wrong}),
+            None,
+        )
+        .await;
+    gateway.logout(Some(&token)).await;
+
+    // Let the last request's line be written.
+    eventually(
+        Duration::from_secs(5),
+        "a log line for /auth/logout",
+        || async { gateway.logs().contains("/auth/logout").then_some(()) },
+    )
+    .await;
+    let logs = gateway.logs();
+    assert!(!logs.contains(&password), "the password is in the log");
+    assert!(!logs.contains(&wrong), "a wrong password is in the log");
+    assert!(!logs.contains(&token), "the session token is in the log");
+    assert!(
+        !logs.contains("password_hash"),
+        "password_hash is in the log"
+    );
+    assert!(!logs.contains("$2b$"), "a bcrypt hash is in the log");
+}
+
+/// Whether any (key, value) in `line` is a status of `status`.
+fn has_status(line: &Value, status: u64) -> bool {
+    json_leaves(line).iter().any(|(key, value)| {
+        key.to_ascii_lowercase().contains("status")
+            && (value.as_u64() == Some(status) || value.as_str() == Some(&status.to_string()))
+    })
+}
+
+fn mentions(line: &Value, needle: &str) -> bool {
+    json_leaves(line)
+        .iter()
+        .any(|(_, value)| value.as_str().is_some_and(|s| s.contains(needle)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_one_json_log_line_with_path_status_and_client_ip() {
+    let gateway = Gateway::start().await;
+    let user = gateway.signed_in_user().await;
+    let marker = format!("/logged/{}", random_hex(4));
+    assert_eq!(gateway.get(&marker, Some(&user.token)).await.status(), 200);
+    let unauthenticated = format!("/denied/{}", random_hex(4));
+    assert_eq!(gateway.get(&unauthenticated, None).await.status(), 401);
+
+    for (path, status) in [(&marker, 200), (&unauthenticated, 401)] {
+        let lines = eventually(Duration::from_secs(5), "the request's log line", || async {
+            let lines: Vec<Value> = json_log_lines(&gateway.logs())
+                .into_iter()
+                .filter(|line| mentions(line, path))
+                .collect();
+            (!lines.is_empty()).then_some(lines)
+        })
+        .await;
+        let request_lines: Vec<&Value> = lines.iter().filter(|l| has_status(l, status)).collect();
+        assert_eq!(
+            request_lines.len(),
+            1,
+            "want exactly one line for {path} with status {status}: {lines:#?}"
+        );
+        assert!(
+            mentions(request_lines[0], "127.0.0.1"),
+            "no client ip in {}",
+            request_lines[0]
+        );
+    }
+
+    // The authenticated line names the user.
+    let lines = json_log_lines(&gateway.logs());
+    let line = lines
+        .iter()
+        .find(|l| mentions(l, &marker) && has_status(l, 200))
+        .unwrap();
+    assert!(mentions(line, &user.id), "no user id in {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_json_lines_when_format_is_json() {
+    let gateway = Gateway::start().await;
+    gateway.get("/public/a", None).await;
+    eventually(
+        Duration::from_secs(5),
+        "a log line for /public/a",
+        || async { gateway.logs().contains("/public/a").then_some(()) },
+    )
+    .await;
+    let logs = gateway.logs();
+    let non_json: Vec<&str> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+        .collect();
+    assert!(
+        non_json.is_empty(),
+        "log lines that are not JSON:\n{}",
+        non_json.join("\n")
+    );
+}
+
+// --- authgate check --------------------------------------------------------------------------
+
+fn valid_config() -> String {
+    GatewayOptions::new().render(&RenderTarget::for_check())
+}
+
+fn assert_check_rejects(config: &str, key: &str) -> String {
+    let output = run_check(config);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(
+        !output.status.success(),
+        "check accepted an invalid file (stderr: {stderr}):\n{config}"
+    );
+    assert!(stderr.contains(key), "stderr should name {key:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let config = valid_config();
+    let output = run_check(&config);
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}\nconfig:\n{config}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_accepts_the_shipped_gateway_toml() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let output = gateway_command()
+        .args(["check", "--config", shipped])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_rejects_a_duration_that_does_not_parse_naming_the_key() {
+    let config = valid_config().replace("idle_timeout = \"1h\"", "idle_timeout = \"abc\"");
+    assert!(config.contains("\"abc\""));
+    assert_check_rejects(&config, "idle_timeout");
+}
+
+#[test]
+fn check_rejects_an_upstream_that_is_not_an_address_naming_the_key() {
+    let config = format!(
+        "{}[[route]]\nprefix = \"/broken/\"\nupstreams = [\"not an address\"]\nauth = \"public\"\n",
+        valid_config()
+    );
+    assert_check_rejects(&config, "upstreams");
+}
+
+#[test]
+fn check_rejects_an_unknown_key_naming_it() {
+    let config = valid_config().replace("[session]\n", "[session]\nidel_timeout = \"1h\"\n");
+    assert!(config.contains("idel_timeout"));
+    assert_check_rejects(&config, "idel_timeout");
+}
+
+#[test]
+fn check_rejects_an_unknown_auth_mode_naming_the_key() {
+    let config = valid_config().replacen("auth = \"public\"", "auth = \"sometimes\"", 1);
+    assert!(config.contains("sometimes"));
+    let stderr = assert_check_rejects(&config, "auth");
+    // "authgate" in the message does not count as naming the `auth` key.
+    assert!(
+        stderr.replace("authgate", "").contains("auth"),
+        "stderr should name the auth key: {stderr}"
+    );
+}
+
+#[test]
+fn check_rejects_a_file_that_is_not_toml() {
+    let output = run_check("[server\nlisten = ");
+    assert!(!output.status.success());
+    assert!(!output.stderr.is_empty(), "no explanation on stderr");
+}
+
+#[test]
+fn check_rejects_a_missing_file() {
+    let output = gateway_command()
+        .args(["check", "--config", "/nonexistent/authgate/gateway.toml"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_to_start_with_an_invalid_config() {
+    let config = valid_config().replace("idle_timeout = \"1h\"", "idle_timeout = \"abc\"");
+    let dir = TempDir::new();
+    let path = dir.path.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = gateway_command()
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = exited.expect("authgate kept running with an invalid config");
+    assert!(!exited.success());
+}
+
+// --- shutdown --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_gateway_within_the_grace_period() {
+    let mut gateway = Gateway::start().await;
+    assert_eq!(gateway.get("/public/a", None).await.status(), 200);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    // shutdown_grace = 1s in the harness; allow generous slack for the final drain.
+    let exit = gateway.wait_for_exit(Duration::from_secs(8)).await;
+    assert!(
+        exit.is_some(),
+        "authgate still running 8 s after SIGTERM with shutdown_grace = 1s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
+    // SPEC §8: the proxied hot path never touches Postgres; login and register need it.
+    let postgres = TcpForwarder::to_postgres().await;
+    let gateway = GatewayOptions::new()
+        .database_through(&postgres)
+        .start()
+        .await;
+    let user = gateway.signed_in_user().await;
+
+    postgres.stop();
+    eventually(
+        Duration::from_secs(15),
+        "/readyz 503 with Postgres down",
+        || async { (gateway.admin_get("/readyz").await.status() == 503).then_some(()) },
+    )
+    .await;
+    let proxied = gateway.get("/inbox", Some(&user.token)).await;
+    let echo = echoed(proxied).await;
+    assert_eq!(echo.header("x-user-id"), Some(user.id.as_str()));
+
+    let login = gateway
+        .post_json(
+            "/auth/login",
+            &json!({"email": user.email, "password": user.password}),
+            None,
+        )
+        .await;
+    assert_fails_closed(login).await;
+    let register = gateway
+        .post_json(
+            "/auth/register",
+            &json!({"email": unique_email(), "password": strong_password()}),
+            None,
+        )
+        .await;
+    assert_fails_closed(register).await;
+
+    postgres.resume().await;
+    eventually(Duration::from_secs(15), "login to work again", || async {
+        let response = gateway
+            .post_json(
+                "/auth/login",
+                &json!({"email": user.email, "password": user.password}),
+                None,
+            )
+            .await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+}
