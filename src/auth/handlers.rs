@@ -32,15 +32,12 @@ impl AuthApi {
         let email = input::normalize_email(fields.required("email")?)?;
         let password = fields.required("password")?;
         input::check_new_password(password, &email, self.min_password_length)?;
-        let username = fields
-            .optional("username")?
+        let username = present(fields.optional("username")?)
             .map(input::check_username)
             .transpose()?;
-        let full_name = fields
-            .optional("full_name")?
+        let full_name = present(fields.optional("full_name")?)
             .map(input::check_full_name)
-            .transpose()?
-            .filter(|name| !name.is_empty());
+            .transpose()?;
         self.require_database()?;
         let password_hash = self.hasher.hash(password.to_string()).await?;
         let user = self
@@ -545,6 +542,11 @@ impl AuthApi {
             detail,
         });
     }
+}
+
+/// Forms send optional fields empty: empty means absent.
+fn present(value: Option<&str>) -> Option<&str> {
+    value.filter(|text| !text.trim().is_empty())
 }
 
 fn timestamp(unix_ms: i64) -> DateTime<Utc> {

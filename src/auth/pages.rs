@@ -249,15 +249,18 @@ impl AuthApi {
              <input type=\"hidden\" name=\"csrf_token\" value=\"{token}\">\n\
              <input type=\"hidden\" name=\"rd\" value=\"{rd}\">\n\
              <label for=\"email\">Email</label>\n\
-             <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required value=\"{email}\" autofocus>\n\
+             <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required value=\"{email}\"{email_focus}>\n\
              <label for=\"password\">Password</label>\n\
-             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\n\
+             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{password_focus}>\n\
              <button type=\"submit\">Sign in</button>\n</form>\n\
              <p class=\"alt\">No account yet? <a href=\"{register}\">Create one</a></p>\n</div>",
             alerts = alerts(state),
             token = escape(&csrf.value),
             rd = escape(rd),
             email = escape(&state.email),
+            // After a failed attempt the email is filled in: start at the password.
+            email_focus = if state.email.is_empty() { " autofocus" } else { "" },
+            password_focus = if state.email.is_empty() { "" } else { " autofocus" },
             register = escape(&register_link),
         );
         self.pages.page(status, "Sign in", &body, &csrf, false)
