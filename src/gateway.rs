@@ -64,6 +64,8 @@ pub struct Gateway {
 pub struct RequestContext {
     started: Instant,
     client_ip: Option<IpAddr>,
+    /// Whether the TCP peer is a trusted proxy (whose forwarding headers may be believed).
+    via_trusted_proxy: bool,
     /// The metrics/log label: the matched route's prefix, "/auth", or "none".
     route_label: String,
     route: Option<Arc<Route>>,
@@ -82,6 +84,7 @@ impl ProxyHttp for Gateway {
         RequestContext {
             started: Instant::now(),
             client_ip: None,
+            via_trusted_proxy: false,
             route_label: "none".to_string(),
             route: None,
             identity: None,
@@ -97,6 +100,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         let (client_ip, via_trusted_proxy) = self.client_ip(session);
         ctx.client_ip = Some(client_ip);
+        ctx.via_trusted_proxy = via_trusted_proxy;
 
         if let Err(exceeded) = self.limiter.check(client_ip) {
             self.metrics.decision(Decision::RateLimited);
@@ -171,7 +175,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         if let Some(client_ip) = ctx.client_ip {
-            upstream_request.insert_header("x-forwarded-for", client_ip.to_string())?;
+            forwarding_headers(upstream_request, client_ip, ctx.via_trusted_proxy)?;
         }
         let cookie_name = &self.sessions.config().cookie_name;
         if crate::session::cookie::read(&upstream_request.headers, cookie_name).is_some() {
@@ -444,6 +448,38 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiErro
                 "request body took too long to arrive".to_string(),
             ))
         })
+}
+
+/// The forwarding headers upstreams see: the resolved client IP only (`X-Forwarded-For`,
+/// `X-Real-IP`, `Forwarded`), and the scheme/host a trusted proxy reported, never what an
+/// untrusted client claims.
+fn forwarding_headers(
+    request: &mut RequestHeader,
+    client_ip: IpAddr,
+    via_trusted_proxy: bool,
+) -> pingora::Result<()> {
+    let reported_proto = request
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .filter(|proto| proto == "http" || proto == "https");
+    let proto = match reported_proto {
+        Some(proto) if via_trusted_proxy => proto,
+        _ => "http".to_string(),
+    };
+    if !via_trusted_proxy {
+        request.remove_header("x-forwarded-host");
+    }
+    let for_value = match client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    request.insert_header("x-forwarded-for", client_ip.to_string())?;
+    request.insert_header("x-real-ip", client_ip.to_string())?;
+    request.insert_header("x-forwarded-proto", proto.as_str())?;
+    request.insert_header("forwarded", format!("for={for_value};proto={proto}"))?;
+    Ok(())
 }
 
 /// A page load (GET/HEAD asking for HTML), as opposed to an API call.

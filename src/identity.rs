@@ -46,10 +46,21 @@ impl IdentityHeaders {
 
     fn is_identity(&self, name: &HeaderName) -> bool {
         let name = name.as_str(); // HeaderName is always lower-case
-        BUILT_IN.contains(&name)
-            || name.starts_with(STRIPPED_PREFIX)
-            || self.extra.iter().any(|extra| extra.as_str() == name)
+        BUILT_IN.iter().any(|identity| same_name(name, identity))
+            || (name.len() >= STRIPPED_PREFIX.len()
+                && same_name(&name[..STRIPPED_PREFIX.len()], STRIPPED_PREFIX))
+            || self
+                .extra
+                .iter()
+                .any(|extra| same_name(name, extra.as_str()))
     }
+}
+
+/// Header names compared with `_` and `-` as one: CGI-style upstreams (WSGI, Rack, PHP) read
+/// `X_User_Id` as `X-User-Id`. No allocation: this runs for every header of every request.
+fn same_name(a: &str, b: &str) -> bool {
+    let dash = |byte: u8| if byte == b'_' { b'-' } else { byte };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
 }
 
 #[cfg(test)]
@@ -66,6 +77,10 @@ mod tests {
             .unwrap();
         request.append_header("Remote-User", "root").unwrap();
         request.append_header("X-Custom", "gone").unwrap();
+        request.append_header("X_User_Id", "underscored").unwrap();
+        request
+            .append_header("x_auth_request_user", "underscored")
+            .unwrap();
         request.append_header("Accept", "text/html").unwrap();
         IdentityHeaders::new(vec![HeaderName::from_static("x-custom")]).strip(&mut request);
         let left: Vec<&str> = request.headers.keys().map(|k| k.as_str()).collect();

@@ -63,13 +63,20 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         out.push(next);
         i += next.len_utf8();
     }
-    if out
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
+    if out.split('/').any(hides_dot_segment) {
         return Err(PathError::DotSegment);
     }
     Ok(out)
+}
+
+/// A segment that is, or that some upstream would read as, `.` or `..`: upstreams that decode
+/// `%2F` before resolving dot-segments see `..%2F` as `../`, and servlet containers drop
+/// `;parameters` (`..;x` is `..`).
+fn hides_dot_segment(segment: &str) -> bool {
+    segment
+        .split("%2F")
+        .map(|piece| piece.split(';').next().unwrap_or(piece))
+        .any(|piece| piece == "." || piece == "..")
 }
 
 #[cfg(test)]
@@ -106,6 +113,18 @@ mod tests {
         );
         assert_eq!(normalize("/static/."), Err(PathError::DotSegment));
         assert!(normalize("/static/..file").is_ok());
+        assert_eq!(normalize("/public/..%2fsecret"), Err(PathError::DotSegment));
+        assert_eq!(
+            normalize("/public/%2e%2e%2Fsecret"),
+            Err(PathError::DotSegment)
+        );
+        assert_eq!(normalize("/public/..;/secret"), Err(PathError::DotSegment));
+        assert_eq!(
+            normalize("/public/%2e%2e;x=1/secret"),
+            Err(PathError::DotSegment)
+        );
+        assert!(normalize("/a;jsessionid=1/b").is_ok());
+        assert!(normalize("/a%2Fb").is_ok());
     }
 
     #[test]

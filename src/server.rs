@@ -100,6 +100,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         redis,
         &config.storage.redis_key_prefix,
         config.login_protection.clone(),
+        config.password.hash_queue_timeout,
     ));
     let locator = Arc::new(Locator::new(&config.geoip)?);
     let Config {

@@ -8,9 +8,9 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::input::{self, Fields};
 use super::{AuthApi, AuthRequest, AuthResponse};
-use crate::limits::login::Refusal;
+use crate::limits::login::{Outcome, Refusal};
 use crate::session::{LiveSession, Login, Lookup, SessionData, SessionToken, Started};
-use crate::store::{AuthEvent, NewUser, SessionEnd, SessionRecord, User};
+use crate::store::{AuthEvent, Credentials, NewUser, SessionEnd, SessionRecord, User};
 use crate::telemetry::Decision;
 
 impl AuthApi {
@@ -93,31 +93,27 @@ impl AuthApi {
                 self.metrics.decision(Decision::RateLimited);
                 return Err(ApiError::RateLimited(wait));
             }
+            Some(Refusal::Busy) => {
+                return Err(ApiError::RateLimited(std::time::Duration::from_secs(1)));
+            }
             None => {}
         }
-        self.require_database()?;
-
-        let credentials = self.records.credentials_by_email(&email).await?;
-        // Always one bcrypt verification, against a dummy hash when there is no such account,
-        // so unknown emails and wrong passwords look alike.
-        let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
-        let password_ok = password.len() <= input::MAX_PASSWORD_BYTES
-            && self
-                .hasher
-                .verify(password.to_string(), stored_hash)
-                .await?;
-        let now = Utc::now();
-        let credentials = match credentials {
-            Some(credentials) if password_ok => credentials,
-            other => {
-                let user_id = other.map(|c| c.user.id);
-                if let Some(user_id) = user_id {
-                    if let Err(error) = self.records.record_failed_login(user_id, now).await {
-                        tracing::warn!(%error, "cannot record failed login");
-                    }
-                }
-                self.audit(request, "login_failed", user_id, None, json!({}));
-                if let Some(lockout) = self.login_protection.failed(&email).await? {
+        let verdict = self.verify_password(request, &email, password).await;
+        let outcome = match &verdict {
+            Ok(Verdict::Correct(_)) => Outcome::Succeeded,
+            Ok(Verdict::Wrong { .. }) => Outcome::Failed,
+            Err(_) => Outcome::Undecided,
+        };
+        let lockout = self
+            .login_protection
+            .finish(&email, outcome)
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "cannot settle the login attempt"))
+            .unwrap_or(None);
+        let credentials = match verdict? {
+            Verdict::Correct(credentials) => credentials,
+            Verdict::Wrong { user_id } => {
+                if let Some(lockout) = lockout {
                     self.audit(
                         request,
                         "locked",
@@ -129,6 +125,7 @@ impl AuthApi {
                 return Err(ApiError::InvalidCredentials);
             }
         };
+        let now = Utc::now();
         if !credentials.is_active {
             return Err(ApiError::AccountDisabled);
         }
@@ -188,9 +185,6 @@ impl AuthApi {
             }
             return Err(error.into());
         }
-        if let Err(error) = self.login_protection.succeeded(&email).await {
-            tracing::warn!(%error, "cannot reset the failed-login count");
-        }
         if let Err(error) = self.records.record_login(user.id, now).await {
             tracing::warn!(%error, "cannot stamp last_login");
         }
@@ -207,6 +201,38 @@ impl AuthApi {
             ..user
         };
         Ok((user, started))
+    }
+
+    /// Checks the password: always one bcrypt verification, against a dummy hash when there is
+    /// no such account, so unknown emails and wrong passwords look alike.
+    async fn verify_password(
+        &self,
+        request: &AuthRequest,
+        email: &str,
+        password: &str,
+    ) -> Result<Verdict, ApiError> {
+        self.require_database()?;
+        let credentials = self.records.credentials_by_email(email).await?;
+        let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
+        let password_ok = password.len() <= input::MAX_PASSWORD_BYTES
+            && self
+                .hasher
+                .verify(password.to_string(), stored_hash)
+                .await?;
+        match credentials {
+            Some(credentials) if password_ok => Ok(Verdict::Correct(credentials)),
+            other => {
+                let user_id = other.map(|c| c.user.id);
+                if let Some(user_id) = user_id {
+                    if let Err(error) = self.records.record_failed_login(user_id, Utc::now()).await
+                    {
+                        tracing::warn!(%error, "cannot record failed login");
+                    }
+                }
+                self.audit(request, "login_failed", user_id, None, json!({}));
+                Ok(Verdict::Wrong { user_id })
+            }
+        }
     }
 
     fn record_evictions(&self, request: &AuthRequest, started: &Started) {
@@ -542,6 +568,15 @@ impl AuthApi {
             detail,
         });
     }
+}
+
+/// What a password check found.
+enum Verdict {
+    Correct(Credentials),
+    /// Wrong password or no such account (`user_id` when the account exists).
+    Wrong {
+        user_id: Option<Uuid>,
+    },
 }
 
 /// Forms send optional fields empty: empty means absent.

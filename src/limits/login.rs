@@ -6,7 +6,11 @@
 //!   Keys hold the email's SHA-256, not the email.
 //! - per client IP: at most `max_attempts_per_ip` login attempts per `window`.
 //!
-//! Each step is one atomic Lua script, so concurrent attempts cannot slip past a limit.
+//! Each step is one atomic Lua script. Password checks in flight are counted per account, and
+//! no new check starts while failures plus checks in flight reach `max_failures` (the attempt
+//! waits its turn instead), so concurrent guesses cannot slip past the limit: at most
+//! `max_failures` wrong passwords are checked per account per lockout, while concurrent
+//! correct logins all go through.
 //! When Redis cannot be asked, logins fail closed (503).
 
 use std::net::IpAddr;
@@ -20,11 +24,17 @@ use crate::config::LoginProtectionSection;
 use crate::session::redis::RedisConnection;
 use crate::store::StoreError;
 
-/// KEYS[1] account lock, KEYS[2] IP attempt counter; ARGV[1] window ms, ARGV[2] max per IP.
-/// Returns {0, 0} to go ahead, {1, ms} if the account is locked, {2, ms} if the IP is over.
+/// KEYS[1] account lock, KEYS[2] IP attempt counter, KEYS[3] account failures,
+/// KEYS[4] account checks in flight; ARGV window ms, max per IP, max failures, in-flight ttl ms.
+/// Returns {0, 0} to go ahead (the check is now in flight), {1, ms} if the account is locked,
+/// {2, ms} if the IP is over its limit, {3, 0} if failures plus checks in flight already
+/// reach the limit (wait for one to finish, then ask again).
 const BEGIN_SCRIPT: &str = r#"
 local locked = redis.call('PTTL', KEYS[1])
 if locked > 0 then return {1, locked} end
+local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
+local in_flight = tonumber(redis.call('GET', KEYS[4]) or '0')
+if failures + in_flight >= tonumber(ARGV[3]) then return {3, 0} end
 local attempts = redis.call('INCR', KEYS[2])
 if attempts == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 if attempts > tonumber(ARGV[2]) then
@@ -32,27 +42,52 @@ if attempts > tonumber(ARGV[2]) then
   if left < 0 then left = tonumber(ARGV[1]) end
   return {2, left}
 end
+redis.call('INCR', KEYS[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
 return {0, 0}
 "#;
 
-/// KEYS[1] account failure counter, KEYS[2] account lock; ARGV window ms, max failures,
+/// Ends an in-flight check. KEYS[1] account failures, KEYS[2] account lock, KEYS[3] checks in
+/// flight; ARGV outcome ('failed' | 'succeeded' | 'released'), window ms, max failures,
 /// lockout ms. Returns the lockout ms if this failure locked the account, else 0.
-const FAILURE_SCRIPT: &str = r#"
-local failures = redis.call('INCR', KEYS[1])
-if failures == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-if failures >= tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+const FINISH_SCRIPT: &str = r#"
+if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
+if ARGV[1] == 'succeeded' then
   redis.call('DEL', KEYS[1])
-  return tonumber(ARGV[3])
+  return 0
+end
+if ARGV[1] ~= 'failed' then return 0 end
+local failures = redis.call('INCR', KEYS[1])
+if failures == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if failures >= tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
+  redis.call('DEL', KEYS[1])
+  return tonumber(ARGV[4])
 end
 return 0
 "#;
+
+/// A check left in flight by a crashed process stops counting after this long.
+const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
+/// How often a waiting attempt asks again.
+const WAIT_STEP: Duration = Duration::from_millis(20);
 
 /// Why a login attempt may not proceed.
 #[derive(Debug)]
 pub enum Refusal {
     AccountLocked(Duration),
     TooManyFromIp(Duration),
+    /// The account's attempts in flight did not drain in time.
+    Busy,
+}
+
+/// How a checked attempt ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Failed,
+    Succeeded,
+    /// No verdict on the password (a store was down): counts as nothing.
+    Undecided,
 }
 
 pub struct LoginProtection {
@@ -60,7 +95,9 @@ pub struct LoginProtection {
     prefix: String,
     config: LoginProtectionSection,
     begin: Script,
-    failure: Script,
+    finish: Script,
+    /// How long an attempt may wait for its turn (the password pool's queue timeout).
+    max_wait: Duration,
 }
 
 impl LoginProtection {
@@ -68,13 +105,15 @@ impl LoginProtection {
         connection: Arc<RedisConnection>,
         prefix: &str,
         config: LoginProtectionSection,
+        max_wait: Duration,
     ) -> Self {
         Self {
             connection,
             prefix: prefix.to_string(),
             config,
             begin: Script::new(BEGIN_SCRIPT),
-            failure: Script::new(FAILURE_SCRIPT),
+            finish: Script::new(FINISH_SCRIPT),
+            max_wait,
         }
     }
 
@@ -87,43 +126,56 @@ impl LoginProtection {
         format!("{}login_attempts:{ip}", self.prefix)
     }
 
-    /// Called before the password is checked. Counts the attempt against the IP.
+    /// Called before the password is checked; counts the attempt against the IP. At most
+    /// `max_failures - failures so far` checks per account run at once; further attempts wait
+    /// their turn (up to the hashing queue timeout). Every attempt that proceeds must end in
+    /// [`Self::finish`].
     pub async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError> {
-        let mut invocation = self.begin.key(self.account_key("lock", email));
-        invocation
-            .key(self.ip_key(ip))
-            .arg(millis(self.config.window))
-            .arg(self.config.max_attempts_per_ip);
-        let (code, wait_ms): (i64, i64) = self.run("login_begin", invocation).await?;
-        let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
-        Ok(match code {
-            1 => Some(Refusal::AccountLocked(wait)),
-            2 => Some(Refusal::TooManyFromIp(wait)),
-            _ => None,
-        })
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        loop {
+            let mut invocation = self.begin.key(self.account_key("lock", email));
+            invocation
+                .key(self.ip_key(ip))
+                .key(self.account_key("failures", email))
+                .key(self.account_key("checking", email))
+                .arg(millis(self.config.window))
+                .arg(self.config.max_attempts_per_ip)
+                .arg(self.config.max_failures)
+                .arg(millis(IN_FLIGHT_TTL));
+            let (code, wait_ms): (i64, i64) = self.run("login_begin", invocation).await?;
+            let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+            match code {
+                1 => return Ok(Some(Refusal::AccountLocked(wait))),
+                2 => return Ok(Some(Refusal::TooManyFromIp(wait))),
+                3 if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(WAIT_STEP).await;
+                }
+                3 => return Ok(Some(Refusal::Busy)),
+                _ => return Ok(None),
+            }
+        }
     }
 
-    /// Called after a wrong password (or unknown email). Returns the lockout if this failure
-    /// locked the account.
-    pub async fn failed(&self, email: &str) -> Result<Option<Duration>, StoreError> {
-        let mut invocation = self.failure.key(self.account_key("failures", email));
+    /// Ends a checked attempt. Returns the lockout if this failure locked the account.
+    pub async fn finish(
+        &self,
+        email: &str,
+        outcome: Outcome,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut invocation = self.finish.key(self.account_key("failures", email));
         invocation
             .key(self.account_key("lock", email))
+            .key(self.account_key("checking", email))
+            .arg(match outcome {
+                Outcome::Failed => "failed",
+                Outcome::Succeeded => "succeeded",
+                Outcome::Undecided => "released",
+            })
             .arg(millis(self.config.window))
             .arg(self.config.max_failures)
             .arg(millis(self.config.lockout));
-        let locked_ms: i64 = self.run("login_failed", invocation).await?;
+        let locked_ms: i64 = self.run("login_finish", invocation).await?;
         Ok((locked_ms > 0).then(|| Duration::from_millis(u64::try_from(locked_ms).unwrap_or(0))))
-    }
-
-    /// Called after a successful login: the account's failure count starts again.
-    pub async fn succeeded(&self, email: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection.get().await?;
-        let mut delete = redis::cmd("DEL");
-        delete.arg(self.account_key("failures", email));
-        self.connection
-            .call("login_succeeded", delete.query_async(&mut connection))
-            .await
     }
 
     async fn run<T: redis::FromRedisValue>(

@@ -1,0 +1,459 @@
+//! Attack: online password guessing against one account (brute force, also concurrent, spread
+//! over gateway instances, through the sign-in form or with re-cased e-mails), and credential
+//! stuffing: many accounts tried from one IP.
+//!
+//! Guarantee (SPEC §5): `max_failures` failed logins for a normalised e-mail within `window`
+//! lock it for `lockout`: 429 `account_locked` with `Retry-After`, even to the right password.
+//! The count lives in Redis (atomic, shared by every instance) and is mirrored into
+//! `users.failed_login_attempts`. More than `max_attempts_per_ip` login attempts from one IP
+//! within `window` get 429 `rate_limited`, whichever accounts they target.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn attempt(gateway: &Gateway, email: &str, password: &str) -> reqwest::Response {
+    gateway
+        .post_json(
+            "/auth/login",
+            &json!({"email": email, "password": password}),
+            None,
+        )
+        .await
+}
+
+/// Asserts a 429 with `code`, a Retry-After of 1..=`max_secs` seconds and no session cookie.
+async fn assert_refused_429(response: reqwest::Response, code: &str, max_secs: u64) {
+    assert!(
+        session_cookie(&response).is_none(),
+        "a refused login set a session cookie"
+    );
+    let retry_after = header(&response, "retry-after")
+        .unwrap_or_else(|| panic!("429 without Retry-After"))
+        .trim()
+        .parse::<u64>()
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=max_secs).contains(&retry_after),
+        "Retry-After {retry_after}, want 1..={max_secs}"
+    );
+    assert_json_error(response, 429, code).await;
+}
+
+/// `uSeR-...@eXaMpLe.CoM`: every other letter upper-cased.
+fn mixed_case(email: &str) -> String {
+    email
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 1 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+async fn failed_login_attempts(gateway: &Gateway, email: &str) -> i32 {
+    let mut db = gateway.db().await;
+    let (count,): (i32,) =
+        sqlx::query_as("SELECT failed_login_attempts FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    count
+}
+
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(base_redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable")
+}
+
+/// The sign-in page's CSRF token (cookie value = hidden field value).
+async fn csrf_token(gateway: &Gateway) -> String {
+    let page = gateway.get("/auth/login", None).await;
+    set_cookies(&page)
+        .into_iter()
+        .find(|c| c.name == "authgate_csrf")
+        .expect("the sign-in page sets the CSRF cookie")
+        .value
+}
+
+/// A sign-in form post as a browser on the gateway's own page sends it.
+async fn sign_in_form(
+    gateway: &Gateway,
+    csrf: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf_token", csrf)
+        .append_pair("email", email)
+        .append_pair("password", password)
+        .finish();
+    let cookie = format!("authgate_csrf={csrf}");
+    let origin = gateway.public_origin();
+    gateway
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
+            Some(("application/x-www-form-urlencoded", body.into_bytes())),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_locks_the_account_even_against_the_right_password() {
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 1000)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+
+    // The guesser varies the spelling of the e-mail to get a fresh counter each time.
+    let spellings = [
+        email.clone(),
+        email.to_uppercase(),
+        format!("  {email}"),
+        mixed_case(&email),
+        format!(" {email} "),
+    ];
+    for (i, spelling) in spellings.iter().enumerate() {
+        let response = attempt(&gateway, spelling, &format!("guess-{i}-wrong")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    assert_refused_429(
+        attempt(&gateway, &email, &password).await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
+    assert_refused_429(
+        attempt(&gateway, &email.to_uppercase(), &password).await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
+    assert_eq!(
+        failed_login_attempts(&gateway, &email).await,
+        5,
+        "users.failed_login_attempts does not mirror the failures"
+    );
+    // The locked account is still locked for the next guess, of course.
+    assert_eq!(
+        attempt(&gateway, &email, "guess-6-wrong").await.status(),
+        429
+    );
+}
+
+/// Fires `GUESSES` wrong passwords for one account at once; returns (status, body) of each.
+async fn concurrent_guesses(gateway: &Gateway, email: &str, guesses: usize) -> Vec<(u16, String)> {
+    let attempts = (0..guesses).map(|i| async move {
+        let response = attempt(gateway, email, &format!("parallel-guess-{i}")).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        (status, body)
+    });
+    let answers = futures_join_all(attempts).await;
+    for (status, body) in &answers {
+        assert!(
+            *status == 401 || (*status == 429 && body.contains("account_locked")),
+            "unexpected answer to a concurrent guess: {status} {body}"
+        );
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guessing_still_ends_in_a_lockout_and_every_failure_is_counted() {
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 1000)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+
+    let answers = concurrent_guesses(&gateway, &email, 20).await;
+    let checked = answers.iter().filter(|(status, _)| *status == 401).count();
+    eprintln!("20 concurrent guesses (max_failures 5): {checked} were checked and answered 401");
+    assert!(checked >= 5, "only {checked} guesses were even checked");
+
+    // However the race went, the account is locked now, and the database counted every
+    // failure that was actually checked.
+    assert_refused_429(
+        attempt(&gateway, &email, &password).await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
+    assert_eq!(
+        failed_login_attempts(&gateway, &email).await,
+        i32::try_from(checked).unwrap(),
+        "users.failed_login_attempts does not match the failures answered with 401"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_get_no_more_password_checks_than_max_failures() {
+    // The limit is "5 guesses per account per window". An attacker who fires 20 at once must
+    // not get 20 password checks: a guess is answered 401 (checked) or 429 (refused).
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 1000)
+        .start()
+        .await;
+    let email = unique_email();
+    gateway.register(&email, &strong_password()).await;
+
+    let answers = concurrent_guesses(&gateway, &email, 20).await;
+    let checked = answers.iter().filter(|(status, _)| *status == 401).count();
+    assert!(
+        checked <= 5,
+        "20 concurrent wrong passwords with max_failures = 5: {checked} were checked against \
+         the account (401) instead of at most 5; the rest should have been 429 account_locked"
+    );
+}
+
+/// `futures::future::join_all` without the dependency: spawn-free concurrent polling.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut futures: Vec<Option<_>> = futures.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_spread_over_two_gateway_instances_share_one_lockout() {
+    let first = GatewayOptions::new()
+        .login_protection(4, "15m", "15m", 1000)
+        .start()
+        .await;
+    let second = GatewayOptions::new()
+        .login_protection(4, "15m", "15m", 1000)
+        .sharing_stores_with(&first)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    first.register(&email, &password).await;
+
+    for i in 0..4 {
+        let instance = if i % 2 == 0 { &first } else { &second };
+        let response = attempt(instance, &email, &format!("guess-{i}-wrong")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    for instance in [&first, &second] {
+        assert_refused_429(
+            attempt(instance, &email, &password).await,
+            "account_locked",
+            15 * 60,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_through_the_sign_in_form_counts_towards_the_same_lockout() {
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 1000)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+    let csrf = csrf_token(&gateway).await;
+
+    for i in 0..3 {
+        let response = sign_in_form(&gateway, &csrf, &email, &format!("form-guess-{i}")).await;
+        assert_eq!(response.status(), 401, "a wrong password on the form");
+    }
+    for i in 3..5 {
+        let response = attempt(&gateway, &email, &format!("api-guess-{i}")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    // Locked on both doors, the right password included.
+    let form = sign_in_form(&gateway, &csrf, &email, &password).await;
+    assert_eq!(form.status(), 429, "the form let a locked account in");
+    assert!(
+        header(&form, "retry-after").is_some(),
+        "429 page without Retry-After"
+    );
+    assert!(
+        session_cookie(&form).is_none(),
+        "the form set a session cookie"
+    );
+    assert!(form
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many failed sign-in attempts"));
+    assert_refused_429(
+        attempt(&gateway, &email, &password).await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
+    let gateway = GatewayOptions::new()
+        .login_protection(5, "15m", "15m", 1000)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+
+    for i in 0..4 {
+        assert_eq!(
+            attempt(&gateway, &email, &format!("a-{i}-wrong"))
+                .await
+                .status(),
+            401
+        );
+    }
+    gateway.login(&email, &password).await;
+    assert_eq!(failed_login_attempts(&gateway, &email).await, 0);
+    // Four more failures after the successful sign-in: still below the limit.
+    for i in 0..4 {
+        assert_eq!(
+            attempt(&gateway, &email, &format!("b-{i}-wrong"))
+                .await
+                .status(),
+            401
+        );
+    }
+    gateway.login(&email, &password).await;
+    // Five in a row lock it, and the right password does not unlock it.
+    for i in 0..5 {
+        assert_eq!(
+            attempt(&gateway, &email, &format!("c-{i}-wrong"))
+                .await
+                .status(),
+            401
+        );
+    }
+    for _ in 0..2 {
+        assert_refused_429(
+            attempt(&gateway, &email, &password).await,
+            "account_locked",
+            15 * 60,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_stuffing_from_one_ip_is_rate_limited() {
+    const PER_IP: u32 = 8;
+    let gateway = GatewayOptions::new()
+        .login_protection(1000, "15m", "15m", PER_IP)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+
+    // A list of leaked (e-mail, password) pairs, one attempt each.
+    for i in 0..PER_IP {
+        let response = attempt(&gateway, &unique_email(), &format!("leaked-{i}-password")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    // The next pair happens to be valid: too late, this IP is out of attempts.
+    assert_refused_429(
+        attempt(&gateway, &email, &password).await,
+        "rate_limited",
+        15 * 60,
+    )
+    .await;
+    assert_refused_429(
+        attempt(&gateway, &unique_email(), "another-leaked-password").await,
+        "rate_limited",
+        15 * 60,
+    )
+    .await;
+
+    // The counter is the shared Redis key for this IP, expiring with the window.
+    let key = format!("{}login_attempts:127.0.0.1", gateway.redis_prefix);
+    let mut redis = redis_connection().await;
+    let attempts: Option<u64> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        attempts.is_some_and(|n| n > u64::from(PER_IP)),
+        "{key} holds {attempts:?}"
+    );
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl_ms > 0 && ttl_ms <= Duration::from_secs(15 * 60).as_millis() as i64,
+        "{key} PTTL {ttl_ms}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_does_not_give_a_stuffing_ip_fresh_attempts() {
+    const PER_IP: u32 = 6;
+    let first = GatewayOptions::new()
+        .login_protection(1000, "15m", "15m", PER_IP)
+        .start()
+        .await;
+    let second = GatewayOptions::new()
+        .login_protection(1000, "15m", "15m", PER_IP)
+        .sharing_stores_with(&first)
+        .start()
+        .await;
+    for i in 0..PER_IP {
+        let instance = if i % 2 == 0 { &first } else { &second };
+        let response = attempt(instance, &unique_email(), "leaked-password-x").await;
+        assert_eq!(response.status(), 401);
+    }
+    for instance in [&first, &second] {
+        assert_refused_429(
+            attempt(instance, &unique_email(), "leaked-password-y").await,
+            "rate_limited",
+            15 * 60,
+        )
+        .await;
+    }
+}
