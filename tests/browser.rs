@@ -3,7 +3,9 @@
 //!
 //! Every test starts its own gateway (real binary, real Postgres and Redis, echo upstream) and
 //! its own browser contexts. A failing test leaves screenshots in `target/browser-failures/`.
-//! A passing run regenerates `docs/sign-in.png` and `docs/device-dashboard.png`.
+//! A passing run takes the README's screenshots, `sign-in.png` and `device-dashboard.png`:
+//! into `docs/` when `AUTHGATE_UPDATE_SCREENSHOTS=1` (then commit them), else into
+//! `target/browser-screens/`, so an ordinary test run leaves the work tree clean.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install -y chromium chromium-driver`);
 //! without them the tests fail, naming what to install.
@@ -310,7 +312,7 @@ async fn device_dashboard_ends_another_browsers_session() {
             laptop.button("End all other sessions").await;
 
             laptop
-                .save_full_page_screenshot(&repo_root().join("docs/device-dashboard.png"), 1280)
+                .save_full_page_screenshot(&screenshot_path("device-dashboard.png"), 1280)
                 .await;
 
             // End the other browser's session from here.
@@ -445,7 +447,7 @@ async fn wrong_password_and_lockout_messages_are_shown_on_the_page() {
                 );
                 if attempt == 1 {
                     browser
-                        .save_screenshot(&repo_root().join("docs/sign-in.png"))
+                        .save_screenshot(&screenshot_path("sign-in.png"))
                         .await;
                 }
             }
@@ -814,4 +816,18 @@ async fn pages_send_security_headers() {
     assert!(common::header(&css, "content-type")
         .unwrap_or_default()
         .starts_with("text/css"));
+}
+
+/// Where a README screenshot goes: `docs/` when refreshing them on purpose, else `target/`.
+fn screenshot_path(name: &str) -> std::path::PathBuf {
+    let refresh = std::env::var("AUTHGATE_UPDATE_SCREENSHOTS").is_ok_and(|value| value == "1");
+    let dir = if refresh {
+        repo_root().join("docs")
+    } else {
+        repo_root().join("target/browser-screens")
+    };
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {error}", dir.display());
+    }
+    dir.join(name)
 }
