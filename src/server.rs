@@ -132,6 +132,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     background.spawn(
         ExpiryJob {
             records: records_dyn.clone(),
+            database_ready: database_ready.clone(),
             sessions: sessions.clone(),
             metrics: metrics.clone(),
             interval: session_config.expiry_check_interval,

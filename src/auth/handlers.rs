@@ -8,6 +8,8 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::input::{self, Fields};
 use super::{AuthApi, AuthRequest, AuthResponse};
+use std::time::Duration;
+
 use crate::limits::login::{Outcome, Refusal};
 use crate::session::{LiveSession, Login, Lookup, SessionData, SessionToken, Started};
 use crate::store::{AuthEvent, Credentials, NewUser, SessionEnd, SessionRecord, User};
@@ -78,53 +80,9 @@ impl AuthApi {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
         let email = input::normalize_email(fields.required("email")?)?;
         let password = fields.required("password")?;
-        // Lockout and per-IP limits come before any password work: a locked account answers
-        // 429 even to the right password.
-        match self
-            .login_protection
-            .begin(&email, request.client_ip)
-            .await?
-        {
-            Some(Refusal::AccountLocked(wait)) => {
-                self.metrics.decision(Decision::Locked);
-                return Err(ApiError::Locked(wait));
-            }
-            Some(Refusal::TooManyFromIp(wait)) => {
-                self.metrics.decision(Decision::RateLimited);
-                return Err(ApiError::RateLimited(wait));
-            }
-            Some(Refusal::Busy) => {
-                return Err(ApiError::RateLimited(std::time::Duration::from_secs(1)));
-            }
-            None => {}
-        }
-        let verdict = self.verify_password(request, &email, password).await;
-        let outcome = match &verdict {
-            Ok(Verdict::Correct(_)) => Outcome::Succeeded,
-            Ok(Verdict::Wrong { .. }) => Outcome::Failed,
-            Err(_) => Outcome::Undecided,
-        };
-        let lockout = self
-            .login_protection
-            .finish(&email, outcome)
-            .await
-            .inspect_err(|error| tracing::warn!(%error, "cannot settle the login attempt"))
-            .unwrap_or(None);
-        let credentials = match verdict? {
-            Verdict::Correct(credentials) => credentials,
-            Verdict::Wrong { user_id } => {
-                if let Some(lockout) = lockout {
-                    self.audit(
-                        request,
-                        "locked",
-                        user_id,
-                        None,
-                        json!({ "lockout_seconds": lockout.as_secs() }),
-                    );
-                }
-                return Err(ApiError::InvalidCredentials);
-            }
-        };
+        let credentials = self
+            .check_password(request, &email, password, "login_failed")
+            .await?;
         let now = Utc::now();
         if !credentials.is_active {
             return Err(ApiError::AccountDisabled);
@@ -166,6 +124,8 @@ impl AuthApi {
             .ok_or(ApiError::SessionLimit(
                 self.sessions.config().max_sessions_per_user,
             ))?;
+        // Evicted sessions are gone whatever happens next: record them now.
+        self.record_evictions(request, &started);
         let record = SessionRecord {
             id: started.data.id,
             user_id: user.id,
@@ -188,7 +148,6 @@ impl AuthApi {
         if let Err(error) = self.records.record_login(user.id, now).await {
             tracing::warn!(%error, "cannot stamp last_login");
         }
-        self.record_evictions(request, &started);
         self.audit(
             request,
             "login_ok",
@@ -203,14 +162,72 @@ impl AuthApi {
         Ok((user, started))
     }
 
-    /// Checks the password: always one bcrypt verification, against a dummy hash when there is
-    /// no such account, so unknown emails and wrong passwords look alike.
-    async fn verify_password(
+    /// Checks an account's password under the brute-force protection shared by login and
+    /// password change: a locked account (or an IP over its limit) is refused before any
+    /// bcrypt work, a wrong password counts towards the lockout, and unknown emails and wrong
+    /// passwords look alike (a dummy hash is verified when there is no account). A wrong
+    /// password is `InvalidCredentials`; `failure_event` names its audit event.
+    async fn check_password(
         &self,
         request: &AuthRequest,
         email: &str,
         password: &str,
-    ) -> Result<Verdict, ApiError> {
+        failure_event: &'static str,
+    ) -> Result<Credentials, ApiError> {
+        match self
+            .login_protection
+            .begin(email, request.client_ip)
+            .await?
+        {
+            Some(Refusal::AccountLocked(wait)) => {
+                self.metrics.decision(Decision::Locked);
+                return Err(ApiError::Locked(wait));
+            }
+            Some(Refusal::TooManyFromIp(wait)) => {
+                self.metrics.decision(Decision::RateLimited);
+                return Err(ApiError::RateLimited(wait));
+            }
+            Some(Refusal::Busy) => return Err(ApiError::RateLimited(Duration::from_secs(1))),
+            None => {}
+        }
+        let verdict = self.verify_password(email, password).await;
+        let outcome = match &verdict {
+            Ok(Verdict::Correct(_)) => Outcome::Succeeded,
+            Ok(Verdict::Wrong { .. }) => Outcome::Failed,
+            Err(_) => Outcome::Undecided,
+        };
+        let lockout = self
+            .login_protection
+            .finish(email, outcome)
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "cannot settle the password check"))
+            .unwrap_or(None);
+        match verdict? {
+            Verdict::Correct(credentials) => Ok(credentials),
+            Verdict::Wrong { user_id } => {
+                if let Some(user_id) = user_id {
+                    if let Err(error) = self.records.record_failed_login(user_id, Utc::now()).await
+                    {
+                        tracing::warn!(%error, "cannot record failed password check");
+                    }
+                }
+                self.audit(request, failure_event, user_id, None, json!({}));
+                if let Some(lockout) = lockout {
+                    self.audit(
+                        request,
+                        "locked",
+                        user_id,
+                        None,
+                        json!({ "lockout_seconds": lockout.as_secs() }),
+                    );
+                }
+                Err(ApiError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// One bcrypt verification, against a dummy hash when there is no such account.
+    async fn verify_password(&self, email: &str, password: &str) -> Result<Verdict, ApiError> {
         self.require_database()?;
         let credentials = self.records.credentials_by_email(email).await?;
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
@@ -219,20 +236,12 @@ impl AuthApi {
                 .hasher
                 .verify(password.to_string(), stored_hash)
                 .await?;
-        match credentials {
-            Some(credentials) if password_ok => Ok(Verdict::Correct(credentials)),
-            other => {
-                let user_id = other.map(|c| c.user.id);
-                if let Some(user_id) = user_id {
-                    if let Err(error) = self.records.record_failed_login(user_id, Utc::now()).await
-                    {
-                        tracing::warn!(%error, "cannot record failed login");
-                    }
-                }
-                self.audit(request, "login_failed", user_id, None, json!({}));
-                Ok(Verdict::Wrong { user_id })
-            }
-        }
+        Ok(match credentials {
+            Some(credentials) if password_ok => Verdict::Correct(credentials),
+            other => Verdict::Wrong {
+                user_id: other.map(|c| c.user.id),
+            },
+        })
     }
 
     fn record_evictions(&self, request: &AuthRequest, started: &Started) {
@@ -418,34 +427,28 @@ impl AuthApi {
                 }
                 other => other,
             })?;
-        self.require_database()?;
-        let stored = self.records.password_hash(current.data.user_id).await?;
-        if stored.is_none() {
-            return Err(ApiError::Unauthenticated);
-        }
-        let matches = current_password.len() <= input::MAX_PASSWORD_BYTES
-            && self
-                .hasher
-                .verify(current_password.to_string(), stored)
-                .await?;
-        if !matches {
-            self.audit(
-                request,
-                "password_change_failed",
-                Some(current.data.user_id),
-                Some(current.data.id),
-                json!({}),
-            );
-            return Err(ApiError::InvalidRequest(
-                "current_password is not correct".to_string(),
-            ));
-        }
+        // The same guard as login: a stolen session must not become a password oracle.
+        self.check_password(
+            request,
+            &current.data.email,
+            current_password,
+            "password_change_failed",
+        )
+        .await
+        .map_err(|error| match error {
+            ApiError::InvalidCredentials => {
+                ApiError::InvalidRequest("current_password is not correct".to_string())
+            }
+            other => other,
+        })?;
         let hash = self.hasher.hash(new_password.to_string()).await?;
-        self.records
-            .set_password_hash(current.data.user_id, &hash)
-            .await?;
+        // Other sessions end first: if the store fails in between, the password is unchanged
+        // rather than changed with the old sessions still alive.
         let revoked = self
             .revoke_others(request, &current.data, "password_changed")
+            .await?;
+        self.records
+            .set_password_hash(current.data.user_id, &hash)
             .await?;
         self.audit(
             request,

@@ -141,6 +141,21 @@ fn describe_toml(error: &toml::de::Error) -> String {
     error.to_string().trim_end().to_string()
 }
 
+/// Durations outside `[min, max]` are refused (an absurd value would overflow clocks).
+fn within(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 struct Invalid {
     key: String,
     message: String,
@@ -171,6 +186,23 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
             "login_protection.max_failures",
             "must be at least 1",
         ));
+    }
+    if login_protection.max_attempts_per_ip == 0 {
+        return Err(invalid(
+            "login_protection.max_attempts_per_ip",
+            "must be at least 1",
+        ));
+    }
+    for (key, value) in [
+        ("login_protection.window", login_protection.window),
+        ("login_protection.lockout", login_protection.lockout),
+    ] {
+        within(
+            key,
+            value,
+            Duration::from_secs(1),
+            Duration::from_secs(365 * 86_400),
+        )?;
     }
     tracing_subscriber::EnvFilter::try_new(&file.log.level)
         .map_err(|e| invalid("log.level", format!("invalid filter: {e}")))?;
@@ -214,6 +246,12 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
     if server.threads == 0 {
         return Err(invalid("server.threads", "must be at least 1"));
     }
+    within(
+        "server.shutdown_grace",
+        server.shutdown_grace,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
     if server.listen == server.admin_listen {
         return Err(invalid(
             "server.admin_listen",
@@ -450,6 +488,12 @@ fn validate_password(password: PasswordSection) -> Result<PasswordConfig, Invali
     if !(1..=72).contains(&password.min_length) {
         return Err(invalid("password.min_length", "must be between 1 and 72"));
     }
+    within(
+        "password.hash_queue_timeout",
+        password.hash_queue_timeout,
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    )?;
     let max_concurrent_hashes = match password.max_concurrent_hashes {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -657,6 +701,20 @@ mod tests {
             .to_string()
             .contains("contrast"));
         assert!(with("blue").is_err());
+    }
+
+    #[test]
+    fn zero_or_absurd_durations_are_refused() {
+        for line in [
+            "[login_protection]\nlockout = \"0s\"",
+            "[login_protection]\nwindow = \"0s\"",
+            "[password]\nhash_queue_timeout = \"100000000y\"",
+        ] {
+            let error = Config::parse(&format!("{line}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("must be between"), "{error}");
+        }
     }
 
     #[test]

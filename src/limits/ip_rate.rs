@@ -42,7 +42,7 @@ impl IpRateLimiter {
             return Ok(());
         };
         limiter
-            .check_key(&bucket(ip))
+            .check_key(&client_bucket(ip))
             .map_err(|not_until| Exceeded {
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
                 limit: self.burst,
@@ -62,7 +62,8 @@ impl IpRateLimiter {
     }
 }
 
-fn bucket(ip: IpAddr) -> IpAddr {
+/// The unit a client is counted by: its IPv4 address, or its IPv6 /64.
+pub fn client_bucket(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

@@ -21,6 +21,7 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use crate::config::LoginProtectionSection;
+use crate::limits::ip_rate::client_bucket;
 use crate::session::redis::RedisConnection;
 use crate::store::StoreError;
 
@@ -122,8 +123,10 @@ impl LoginProtection {
         format!("{}login_{kind}:{digest}", self.prefix)
     }
 
+    /// IPv6 clients are counted by /64, like the request limiter, so a host cannot rotate
+    /// through its own addresses.
     fn ip_key(&self, ip: IpAddr) -> String {
-        format!("{}login_attempts:{ip}", self.prefix)
+        format!("{}login_attempts:{}", self.prefix, client_bucket(ip))
     }
 
     /// Called before the password is checked; counts the attempt against the IP. At most

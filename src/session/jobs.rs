@@ -9,6 +9,7 @@
 //!   reaches Postgres a moment later (write-behind), and must keep its own ending.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub async fn flush_activity(
 
 pub struct ExpiryJob {
     pub records: Arc<dyn RecordStore>,
+    /// Set once migrations ran; passes before that are skipped.
+    pub database_ready: Arc<AtomicBool>,
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
@@ -59,6 +62,9 @@ impl ExpiryJob {
         let mut suspects = HashSet::new();
         loop {
             tick.tick().await;
+            if !self.database_ready.load(Ordering::Acquire) {
+                continue;
+            }
             match self.run_once(&suspects).await {
                 Ok(still_dead) => suspects = still_dead,
                 Err(error) => tracing::warn!(%error, "session expiry pass skipped"),

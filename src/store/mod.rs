@@ -174,7 +174,6 @@ pub trait RecordStore: Send + Sync {
     /// Most recently used first.
     async fn ips(&self, user_id: Uuid) -> Result<Vec<IpRecord>, StoreError>;
 
-    async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
     async fn set_password_hash(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError>;
 
     /// Marks many sessions ended at once (no-op for those already ended); returns how many

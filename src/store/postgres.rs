@@ -317,16 +317,6 @@ impl RecordStore for PostgresStore {
         .await
     }
 
-    async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError> {
-        self.call(
-            "password_hash",
-            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool),
-        )
-        .await
-    }
-
     async fn set_password_hash(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError> {
         self.call(
             "set_password_hash",
