@@ -33,6 +33,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::auth::error::UpstreamFailure;
 use crate::auth::{ApiError, AuthApi, AuthRequest, MAX_BODY_BYTES};
 use crate::config::AuthMode;
 use crate::identity::{self, IdentityHeaders};
@@ -105,17 +106,19 @@ impl ProxyHttp for Gateway {
         if let Err(exceeded) = self.limiter.check(client_ip) {
             self.metrics.decision(Decision::RateLimited);
             let error = ApiError::RateLimited(exceeded.retry_after);
-            let mut headers = retry_after_header(&error);
-            headers.push(("ratelimit-limit", exceeded.limit.to_string()));
-            headers.push(("ratelimit-remaining", "0".to_string()));
-            headers.push(("ratelimit-reset", headers[0].1.clone()));
-            respond::error(session, 429, error.code(), &error.message(), &headers).await?;
+            let reset = error.retry_after().unwrap_or(1).to_string();
+            let headers = [
+                ("ratelimit-limit", exceeded.limit.to_string()),
+                ("ratelimit-remaining", "0".to_string()),
+                ("ratelimit-reset", reset),
+            ];
+            respond::api_error(session, &error, &headers).await?;
             return Ok(true);
         }
 
         if let Some(message) = oversized_headers(session.req_header()) {
             session.set_keepalive(None);
-            respond::error(session, 431, "headers_too_large", message, &[]).await?;
+            respond::api_error(session, &ApiError::HeadersTooLarge(message), &[]).await?;
             return Ok(true);
         }
 
@@ -124,7 +127,8 @@ impl ProxyHttp for Gateway {
         let path = match path::normalize(session.req_header().uri.path()) {
             Ok(path) => path,
             Err(error) => {
-                respond::error(session, 400, "invalid_path", error.message(), &[]).await?;
+                let error = ApiError::InvalidPath(error.message());
+                respond::api_error(session, &error, &[]).await?;
                 return Ok(true);
             }
         };
@@ -138,7 +142,7 @@ impl ProxyHttp for Gateway {
 
         let host = request_host(session.req_header());
         let Some(route) = self.routes.load().find(host.as_deref(), &path) else {
-            respond::error(session, 404, "not_found", "no route for this path", &[]).await?;
+            respond::api_error(session, &ApiError::NoRoute, &[]).await?;
             return Ok(true);
         };
         ctx.route_label = route.prefix.clone();
@@ -230,43 +234,27 @@ impl ProxyHttp for Gateway {
         error: &Error,
         _ctx: &mut RequestContext,
     ) -> FailToProxy {
-        let (status, code, message) = match (error.etype(), error.esource()) {
-            (ErrorType::HTTPStatus(503), _) => (
-                503,
-                "upstream_unavailable",
-                "no healthy upstream for this route",
-            ),
+        let failure = match (error.etype(), error.esource()) {
+            (ErrorType::HTTPStatus(503), _) => {
+                Some(ApiError::Upstream(UpstreamFailure::NoneHealthy))
+            }
             (
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
                 ErrorSource::Upstream,
-            ) => (
-                504,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            ),
-            (_, ErrorSource::Upstream) => {
-                (502, "bad_gateway", "the upstream is unreachable or failed")
-            }
+            ) => Some(ApiError::Upstream(UpstreamFailure::Timeout)),
             (
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
                 ErrorSource::Downstream,
-            ) => {
-                (0, "", "") // the client is gone; nothing to answer
-            }
-            (_, ErrorSource::Downstream) => (400, "bad_request", "malformed request"),
-            _ => (502, "bad_gateway", "the request could not be proxied"),
+            ) => None, // the client is gone; nothing to answer
+            (_, ErrorSource::Downstream) => Some(ApiError::BadRequest),
+            _ => Some(ApiError::Upstream(UpstreamFailure::Failed)),
         };
-        if status > 0 {
+        let status = failure.as_ref().map_or(0, ApiError::status);
+        if let Some(failure) = failure {
             // The upstream exchange failed midway; don't promise the client a reusable
             // connection (it gets `Connection: close`).
             session.set_keepalive(None);
-            let headers = if status == 503 {
-                vec![("retry-after", "1".to_string())]
-            } else {
-                Vec::new()
-            };
-            if let Err(write_error) = respond::error(session, status, code, message, &headers).await
-            {
+            if let Err(write_error) = respond::api_error(session, &failure, &[]).await {
                 tracing::debug!(%write_error, "cannot write error response");
             }
         }
@@ -347,8 +335,7 @@ impl Gateway {
                     headers.push(("location", sign_in_location(session.req_header())));
                     respond::send(session, 302, None, &headers, Vec::new()).await?;
                 } else {
-                    let error = ApiError::Unauthenticated;
-                    respond::error(session, 401, error.code(), &error.message(), &headers).await?;
+                    respond::api_error(session, &ApiError::Unauthenticated, &headers).await?;
                 }
                 Ok(true)
             }
@@ -357,14 +344,7 @@ impl Gateway {
                 self.metrics.decision(Decision::StoreUnavailable);
                 tracing::warn!(error = %store_error, "session store unavailable");
                 let error = ApiError::Unavailable(store_error.to_string());
-                respond::error(
-                    session,
-                    503,
-                    error.code(),
-                    &error.message(),
-                    &retry_after_header(&error),
-                )
-                .await?;
+                respond::api_error(session, &error, &[]).await?;
                 Ok(true)
             }
         }
@@ -406,13 +386,6 @@ impl Gateway {
         )
         .await
     }
-}
-
-fn retry_after_header(error: &ApiError) -> Vec<(&'static str, String)> {
-    error
-        .retry_after()
-        .map(|seconds| vec![("retry-after", seconds.to_string())])
-        .unwrap_or_default()
 }
 
 /// Reads a request body of at most `limit` bytes.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::auth::error::error_body;
+use crate::auth::ApiError;
 
 pub async fn send(
     session: &mut Session,
@@ -35,20 +35,23 @@ pub async fn send(
     Ok(())
 }
 
-/// A JSON error in the API's shape: `{"error": {"code": ..., "message": ...}}`.
-pub async fn error(
+/// An [`ApiError`] as a JSON response (`{"error": {"code", "message"}}`, with `Retry-After`
+/// where the error has one), plus `headers`.
+pub async fn api_error(
     session: &mut Session,
-    status: u16,
-    code: &str,
-    message: &str,
+    error: &ApiError,
     headers: &[(&'static str, String)],
 ) -> pingora::Result<()> {
+    let mut all = headers.to_vec();
+    if let Some(seconds) = error.retry_after() {
+        all.push(("retry-after", seconds.to_string()));
+    }
     send(
         session,
-        status,
+        error.status(),
         Some("application/json"),
-        headers,
-        error_body(code, message),
+        &all,
+        error.body(),
     )
     .await
 }

@@ -2,7 +2,8 @@
 //!
 //! Longest prefix wins; among equal prefixes a route bound to the request's host beats a
 //! host-less one. The table is immutable once built and lives behind an `ArcSwap` in the
-//! gateway, so a reload swaps it whole while in-flight requests keep the one they matched.
+//! gateway, so that hot reload (not built yet) can swap it whole while in-flight requests
+//! keep the one they matched.
 //! Each route owns a round-robin pool of upstreams with an active TCP health check.
 
 use std::sync::Arc;

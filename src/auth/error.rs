@@ -31,6 +31,27 @@ pub enum ApiError {
     Locked(Duration),
     /// 503: a store or the hashing pool cannot serve the request now.
     Unavailable(String),
+    /// 431: the request's headers (or its Cookie header) are too large.
+    HeadersTooLarge(&'static str),
+    /// 400: a request path the gateway will not route (dot segments, backslashes...).
+    InvalidPath(&'static str),
+    /// 404: no route matches the path.
+    NoRoute,
+    /// 502/503/504: proxying to the upstream failed.
+    Upstream(UpstreamFailure),
+    /// 400: pingora could not make sense of the request.
+    BadRequest,
+}
+
+/// How proxying to an upstream failed.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamFailure {
+    /// Every upstream of the route is marked down (503).
+    NoneHealthy,
+    /// Connecting or reading timed out (504).
+    Timeout,
+    /// Refused, reset or broken (502).
+    Failed,
 }
 
 impl ApiError {
@@ -43,6 +64,12 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::Conflict(_) | ApiError::SessionLimit(_) => 409,
             ApiError::PayloadTooLarge(_) => 413,
+            ApiError::HeadersTooLarge(_) => 431,
+            ApiError::InvalidPath(_) | ApiError::BadRequest => 400,
+            ApiError::NoRoute => 404,
+            ApiError::Upstream(UpstreamFailure::NoneHealthy) => 503,
+            ApiError::Upstream(UpstreamFailure::Timeout) => 504,
+            ApiError::Upstream(UpstreamFailure::Failed) => 502,
             ApiError::UnsupportedMediaType => 415,
             ApiError::RateLimited(_) | ApiError::Locked(_) => 429,
             ApiError::Unavailable(_) => 503,
@@ -67,6 +94,13 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Locked(_) => "account_locked",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::NoRoute => "not_found",
+            ApiError::Upstream(UpstreamFailure::NoneHealthy) => "upstream_unavailable",
+            ApiError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
+            ApiError::Upstream(UpstreamFailure::Failed) => "bad_gateway",
+            ApiError::BadRequest => "bad_request",
         }
     }
 
@@ -96,6 +130,20 @@ impl ApiError {
                 human_wait(*wait)
             ),
             ApiError::Unavailable(_) => "temporarily unavailable; retry shortly".to_string(),
+            ApiError::HeadersTooLarge(message) | ApiError::InvalidPath(message) => {
+                message.to_string()
+            }
+            ApiError::NoRoute => "no route for this path".to_string(),
+            ApiError::Upstream(UpstreamFailure::NoneHealthy) => {
+                "no healthy upstream for this route".to_string()
+            }
+            ApiError::Upstream(UpstreamFailure::Timeout) => {
+                "the upstream did not answer in time".to_string()
+            }
+            ApiError::Upstream(UpstreamFailure::Failed) => {
+                "the upstream is unreachable or failed".to_string()
+            }
+            ApiError::BadRequest => "malformed request".to_string(),
         }
     }
 
@@ -105,7 +153,7 @@ impl ApiError {
             ApiError::RateLimited(wait) | ApiError::Locked(wait) => {
                 Some(wait.as_secs_f64().ceil().max(1.0) as u64)
             }
-            ApiError::Unavailable(_) => Some(1),
+            ApiError::Unavailable(_) | ApiError::Upstream(UpstreamFailure::NoneHealthy) => Some(1),
             _ => None,
         }
     }
@@ -125,8 +173,8 @@ pub fn human_wait(wait: Duration) -> String {
     }
 }
 
-/// The JSON error body shared by the API and the proxy's own answers.
-pub fn error_body(code: &str, message: &str) -> Vec<u8> {
+/// The JSON error body of every error the gateway answers.
+fn error_body(code: &str, message: &str) -> Vec<u8> {
     serde_json::json!({"error": {"code": code, "message": message}})
         .to_string()
         .into_bytes()
