@@ -21,6 +21,7 @@
 //! The hot path of a proxied request touches Redis once (the session check) and Postgres never.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ const MAX_COOKIE_BYTES: usize = 8 * 1024;
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Gateway {
+    /// Requests being handled now (for an early exit on SIGTERM once none are left).
+    pub in_flight: Arc<AtomicUsize>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub limiter: Arc<IpRateLimiter>,
     pub trusted_proxies: Vec<IpNet>,
@@ -63,6 +66,7 @@ pub struct Gateway {
 
 /// Per-request state carried between the hooks.
 pub struct RequestContext {
+    _in_flight: InFlight,
     started: Instant,
     client_ip: Option<IpAddr>,
     /// Whether the TCP peer is a trusted proxy (whose forwarding headers may be believed).
@@ -77,12 +81,29 @@ pub struct RequestContext {
     upstream_started: Option<Instant>,
 }
 
+/// Counts a request as in flight for as long as its context lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> RequestContext {
         RequestContext {
+            _in_flight: InFlight::enter(&self.in_flight),
             started: Instant::now(),
             client_ip: None,
             via_trusted_proxy: false,

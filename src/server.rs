@@ -7,14 +7,14 @@
 //! its blocking pool), migrations, upstream health checks and housekeeping. Pingora's own
 //! per-service runtimes only run request handling.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{ExecutionPhase, Server};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
@@ -116,6 +116,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (writer, write_behind) = WriteBehind::new(records_dyn.clone(), metrics.clone());
     background.spawn(write_behind);
     let activity = Arc::new(ActivityTracker::default());
+    let shutdown_flush = ShutdownFlush {
+        writer: writer.clone(),
+        activity: activity.clone(),
+        records: records_dyn.clone(),
+    };
     let session_config = Arc::new(session_config);
     let sessions = Arc::new(Sessions::new(
         Arc::new(session_store),
@@ -165,7 +170,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let limiter = Arc::new(IpRateLimiter::new(&rate_limit));
     background.spawn(sweep_rate_limiter(limiter.clone(), metrics.clone()));
 
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let gateway = Gateway {
+        in_flight: in_flight.clone(),
         routes,
         limiter,
         trusted_proxies: server_config.trusted_proxies.clone(),
@@ -198,6 +205,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     admin_service.add_tcp(&server_config.admin_listen.to_string());
     server.add_service(proxy);
     server.add_service(admin_service);
+    background.spawn(exit_when_idle(
+        server.watch_execution_phase(),
+        in_flight,
+        shutdown_flush,
+    ));
 
     tracing::info!(
         listen = %server_config.listen,
@@ -206,6 +218,49 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     // `background` stays alive: run_forever only returns by exiting the process.
     server.run_forever();
+}
+
+/// What must reach Postgres before the process exits.
+struct ShutdownFlush {
+    writer: WriteBehind,
+    activity: Arc<ActivityTracker>,
+    records: Arc<dyn RecordStore>,
+}
+
+/// Pingora sleeps the whole grace period after SIGTERM even when nothing is in flight. Once a
+/// graceful shutdown has begun and no request is in flight, this flushes what is written
+/// behind and exits early; otherwise pingora's grace period applies as usual.
+async fn exit_when_idle(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    in_flight: Arc<AtomicUsize>,
+    flush: ShutdownFlush,
+) {
+    loop {
+        match phases.recv().await {
+            Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    // Idle twice in a row, so a request accepted just before the listeners closed is seen.
+    let mut idle_checks = 0;
+    while idle_checks < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        idle_checks = if in_flight.load(Ordering::Acquire) == 0 {
+            idle_checks + 1
+        } else {
+            0
+        };
+    }
+    let activity = flush.activity.drain();
+    if let Err(error) = flush.records.record_activity(&activity).await {
+        tracing::warn!(%error, "cannot write session activity at shutdown");
+    }
+    if !flush.writer.drained(Duration::from_secs(3)).await {
+        tracing::warn!("exiting with audit records still queued");
+    }
+    tracing::info!("no requests in flight; exiting before the end of the grace period");
+    std::process::exit(0);
 }
 
 async fn migrate_until_done(records: Arc<PostgresStore>, ready: Arc<AtomicBool>) {

@@ -5,6 +5,7 @@
 //! full the record is dropped, logged and counted (`authgate_write_behind_dropped_total`)
 //! rather than blocking a request.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ enum Record {
 #[derive(Clone)]
 pub struct WriteBehind {
     sender: mpsc::Sender<Record>,
+    /// Records queued or being written.
+    pending: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -43,7 +46,16 @@ impl WriteBehind {
         metrics: Arc<Metrics>,
     ) -> (WriteBehind, impl std::future::Future<Output = ()>) {
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        (WriteBehind { sender, metrics }, run(receiver, records))
+        let pending = Arc::new(AtomicUsize::new(0));
+        let writer = run(receiver, records, pending.clone());
+        (
+            WriteBehind {
+                sender,
+                pending,
+                metrics,
+            },
+            writer,
+        )
     }
 
     pub fn event(&self, event: AuthEvent) {
@@ -62,15 +74,33 @@ impl WriteBehind {
         });
     }
 
+    /// Waits until everything queued so far is written (or `timeout` passes); for shutdown.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     fn send(&self, record: Record) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(error) = self.sender.try_send(record) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.metrics.write_behind_dropped();
             tracing::error!(record = ?error.into_inner(), "write-behind queue full; record dropped");
         }
     }
 }
 
-async fn run(mut receiver: mpsc::Receiver<Record>, records: Arc<dyn RecordStore>) {
+async fn run(
+    mut receiver: mpsc::Receiver<Record>,
+    records: Arc<dyn RecordStore>,
+    pending: Arc<AtomicUsize>,
+) {
     while let Some(record) = receiver.recv().await {
         let mut attempt = 1;
         loop {
@@ -87,6 +117,7 @@ async fn run(mut receiver: mpsc::Receiver<Record>, records: Arc<dyn RecordStore>
                 }
             }
         }
+        pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
