@@ -71,14 +71,23 @@ pub struct RequestContext {
     client_ip: Option<IpAddr>,
     /// Whether the TCP peer is a trusted proxy (whose forwarding headers may be believed).
     via_trusted_proxy: bool,
-    /// The metrics/log label: the matched route's prefix, "/auth", or "none".
-    route_label: String,
+    /// The metrics/log label when no route matched: "/auth" or "none".
+    unrouted_label: &'static str,
     route: Option<Arc<Route>>,
     /// The authenticated session, for identity injection and the access log.
     identity: Option<SessionData>,
     /// A refreshed session cookie to hand back with the upstream's response.
     set_cookie: Option<String>,
     upstream_started: Option<Instant>,
+}
+
+impl RequestContext {
+    /// The metrics/log label: the matched route's prefix, "/auth", or "none".
+    fn route_label(&self) -> &str {
+        self.route
+            .as_ref()
+            .map_or(self.unrouted_label, |route| route.prefix.as_str())
+    }
 }
 
 /// Counts a request as in flight for as long as its context lives.
@@ -107,7 +116,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             client_ip: None,
             via_trusted_proxy: false,
-            route_label: "none".to_string(),
+            unrouted_label: "none",
             route: None,
             identity: None,
             set_cookie: None,
@@ -155,7 +164,7 @@ impl ProxyHttp for Gateway {
         };
 
         if AuthApi::is_auth_path(&path) {
-            ctx.route_label = "/auth".to_string();
+            ctx.unrouted_label = "/auth";
             self.serve_auth(session, path, client_ip, via_trusted_proxy)
                 .await?;
             return Ok(true);
@@ -166,7 +175,6 @@ impl ProxyHttp for Gateway {
             respond::api_error(session, &ApiError::NoRoute, &[]).await?;
             return Ok(true);
         };
-        ctx.route_label = route.prefix.clone();
         ctx.route = Some(route.clone());
         rewrite_path(session.req_header_mut(), &path)?;
 
@@ -232,7 +240,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if let Some(started) = ctx.upstream_started {
             self.metrics
-                .upstream_latency(&ctx.route_label, started.elapsed());
+                .upstream_latency(ctx.route_label(), started.elapsed());
         }
         Ok(())
     }
@@ -294,13 +302,13 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map_or(0, |response| response.status.as_u16());
-        self.metrics.request(&ctx.route_label, status);
+        self.metrics.request(ctx.route_label(), status);
         let request = session.req_header();
         tracing::info!(
             target: "authgate::access",
             method = %request.method,
             path = %request.uri.path(),
-            route = %ctx.route_label,
+            route = %ctx.route_label(),
             status,
             user_id = ctx.identity.as_ref().map(|identity| identity.user_id.to_string()).unwrap_or_default(),
             latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
@@ -363,7 +371,7 @@ impl Gateway {
             Err(store_error) => {
                 // Fail closed: without the session store nobody gets through.
                 self.metrics.decision(Decision::StoreUnavailable);
-                tracing::warn!(error = %store_error, "session store unavailable");
+                tracing::debug!(error = %store_error, "session store unavailable");
                 let error = ApiError::Unavailable(store_error.to_string());
                 respond::api_error(session, &error, &[]).await?;
                 Ok(true)
