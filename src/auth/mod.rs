@@ -50,7 +50,7 @@ impl AuthRequest {
     }
 
     fn user_agent(&self) -> String {
-        crate::session::truncate_user_agent(self.header("user-agent").unwrap_or(""))
+        crate::session::truncate_user_agent(self.header("user-agent").unwrap_or("")).to_string()
     }
 }
 

@@ -29,8 +29,11 @@ use activity::ActivityTracker;
 /// User agents are stored and compared truncated to this many characters.
 pub const MAX_USER_AGENT_CHARS: usize = 512;
 
-pub fn truncate_user_agent(user_agent: &str) -> String {
-    user_agent.chars().take(MAX_USER_AGENT_CHARS).collect()
+pub fn truncate_user_agent(user_agent: &str) -> &str {
+    match user_agent.char_indices().nth(MAX_USER_AGENT_CHARS) {
+        Some((end, _)) => &user_agent[..end],
+        None => user_agent,
+    }
 }
 
 /// What the store keeps for a session (besides its idle TTL).
@@ -240,12 +243,12 @@ impl Sessions {
                     SessionEnd::Revoked,
                     "user_agent_changed",
                 );
-                self.audit_anomaly(session, "revoke", client_ip, &user_agent);
+                self.audit_anomaly(session, "revoke", client_ip, user_agent);
                 return Ok(false);
             }
-            if self.activity.first_report(session.id, "ua", &user_agent) {
+            if self.activity.first_report(session.id, "ua", user_agent) {
                 self.metrics.session_anomaly("ua_changed");
-                self.audit_anomaly(session, "session_ua_changed", client_ip, &user_agent);
+                self.audit_anomaly(session, "session_ua_changed", client_ip, user_agent);
             }
         }
         if client_ip != session.ip
@@ -254,7 +257,7 @@ impl Sessions {
                 .first_report(session.id, "ip", &client_ip.to_string())
         {
             self.metrics.session_anomaly("ip_changed");
-            self.audit_anomaly(session, "session_ip_changed", client_ip, &user_agent);
+            self.audit_anomaly(session, "session_ip_changed", client_ip, user_agent);
         }
         Ok(true)
     }
