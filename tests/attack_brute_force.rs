@@ -6,7 +6,9 @@
 //! lock it for `lockout`: 429 `account_locked` with `Retry-After`, even to the right password.
 //! The count lives in Redis (atomic, shared by every instance) and is mirrored into
 //! `users.failed_login_attempts`. More than `max_attempts_per_ip` login attempts from one IP
-//! within `window` get 429 `rate_limited`, whichever accounts they target.
+//! within `window` get 429 `rate_limited`, whichever accounts they target; IPv6 clients are
+//! counted by their /64. A wrong `current_password` on a password change is a failed login
+//! too, so a stolen session is no password oracle.
 
 mod common;
 
@@ -456,4 +458,157 @@ async fn a_second_instance_does_not_give_a_stuffing_ip_fresh_attempts() {
         )
         .await;
     }
+}
+
+/// `POST /auth/user/password` as the account page sends it (same origin, JSON).
+async fn change_password(
+    gateway: &Gateway,
+    token: &str,
+    current_password: &str,
+    new_password: &str,
+) -> reqwest::Response {
+    let origin = gateway.public_origin();
+    gateway
+        .request(
+            "POST",
+            "/auth/user/password",
+            Some(token),
+            &[("Origin", origin.as_str())],
+            Some((
+                "application/json",
+                json!({"current_password": current_password, "new_password": new_password})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_guesses_count_towards_the_lockout() {
+    // A stolen session must not be a password oracle: wrong current passwords on the
+    // password-change endpoint lock the account exactly like wrong passwords on login.
+    const LOCKOUT_SECS: u64 = 5;
+    let gateway = GatewayOptions::new()
+        .login_protection(3, "15m", &format!("{LOCKOUT_SECS}s"), 1000)
+        .start()
+        .await;
+    let user = gateway.signed_in_user().await;
+    let new_password = strong_password();
+
+    for i in 0..3 {
+        let response = change_password(
+            &gateway,
+            &user.token,
+            &format!("stolen-session-guess-{i}"),
+            &new_password,
+        )
+        .await;
+        assert_json_error(response, 400, "invalid_request").await;
+    }
+    // Locked now: even the right current password is refused, before it is checked.
+    assert_refused_429(
+        change_password(&gateway, &user.token, &user.password, &new_password).await,
+        "account_locked",
+        LOCKOUT_SECS,
+    )
+    .await;
+    // The lock is the account's, so the login door is shut too.
+    assert_refused_429(
+        attempt(&gateway, &user.email, &user.password).await,
+        "account_locked",
+        LOCKOUT_SECS,
+    )
+    .await;
+    assert_eq!(
+        failed_login_attempts(&gateway, &user.email).await,
+        3,
+        "users.failed_login_attempts does not count the password-change failures"
+    );
+
+    // Once the lock expires the old password still works: the refused change changed nothing.
+    eventually(
+        Duration::from_secs(LOCKOUT_SECS + 20),
+        "login with the old password after the lockout",
+        || async {
+            let response = attempt(&gateway, &user.email, &user.password).await;
+            match response.status().as_u16() {
+                200 => Some(()),
+                429 => None,
+                other => panic!(
+                    "login with the unchanged password: {other} {}",
+                    response.text().await.unwrap()
+                ),
+            }
+        },
+    )
+    .await;
+    assert_json_error(
+        attempt(&gateway, &user.email, &new_password).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_share_a_login_attempt_budget_per_slash_64() {
+    // One host owns a whole /64; rotating through its addresses must not buy fresh attempts.
+    const PER_IP: usize = 3;
+    let gateway = GatewayOptions::new()
+        .trusted_proxies(&["127.0.0.1/32"])
+        .login_protection(1000, "15m", "15m", PER_IP as u32)
+        .start()
+        .await;
+    let email = unique_email();
+    let password = strong_password();
+    gateway.register(&email, &password).await;
+
+    let from = |ip: &str, email: &str, password: &str| {
+        let body = json!({"email": email, "password": password})
+            .to_string()
+            .into_bytes();
+        let ip = ip.to_string();
+        let gateway = &gateway;
+        async move {
+            gateway
+                .request(
+                    "POST",
+                    "/auth/login",
+                    None,
+                    &[("X-Forwarded-For", ip.as_str())],
+                    Some(("application/json", body)),
+                )
+                .await
+        }
+    };
+
+    // A different address and a different account each time, so neither a per-address
+    // counter nor the account lockout is what stops them.
+    for i in 1..=6 {
+        let ip = format!("2001:db8:1:2::{i}");
+        let response = from(&ip, &unique_email(), "leaked-password-x").await;
+        if i <= PER_IP {
+            assert_json_error(response, 401, "invalid_credentials").await;
+        } else {
+            assert_refused_429(response, "rate_limited", 15 * 60).await;
+        }
+    }
+    // A fresh address in the same /64 with valid credentials: too late.
+    assert_refused_429(
+        from("2001:db8:1:2:ffff:ffff:ffff:ffff", &email, &password).await,
+        "rate_limited",
+        15 * 60,
+    )
+    .await;
+    // Another /64 has its own budget.
+    let other = from("2001:db8:1:3::1", &unique_email(), "leaked-password-y").await;
+    assert_json_error(other, 401, "invalid_credentials").await;
+    let response = from("2001:db8:1:3::2", &email, &password).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "valid login from another /64: {}",
+        response.text().await.unwrap()
+    );
 }

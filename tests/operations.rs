@@ -548,6 +548,29 @@ fn check_rejects_a_missing_file() {
     assert!(!output.status.success());
 }
 
+#[test]
+fn check_refuses_zero_lockout_and_window() {
+    let with = |window: &str, lockout: &str| {
+        GatewayOptions::new()
+            .login_protection(5, window, lockout, 20)
+            .render(&RenderTarget::for_check())
+    };
+    // The same section with sane durations passes, so it is the zero that is refused.
+    let sane = with("15m", "15m");
+    let output = run_check(&sane);
+    assert!(
+        output.status.success(),
+        "stderr: {}\nconfig:\n{sane}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let zero_lockout = with("15m", "0s");
+    assert!(zero_lockout.contains("lockout = \"0s\""));
+    assert_check_rejects(&zero_lockout, "login_protection.lockout");
+    let zero_window = with("0s", "15m");
+    assert!(zero_window.contains("window = \"0s\""));
+    assert_check_rejects(&zero_window, "login_protection.window");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_refuses_to_start_with_an_invalid_config() {
     let config = valid_config().replace("idle_timeout = \"1h\"", "idle_timeout = \"abc\"");
@@ -647,4 +670,148 @@ async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
         (response.status() == 200).then_some(())
     })
     .await;
+}
+
+/// Sends SIGTERM to the gateway process.
+fn sigterm(gateway: &Gateway) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {}", gateway.pid());
+}
+
+/// The harness's routes plus a public `/slow/` route to `upstream`, with a long grace period.
+fn with_slow_route(upstream: &EchoServer) -> GatewayOptions {
+    let mut options = GatewayOptions::new().routes(vec![
+        RouteSpec::required("/", Upstream::Echo),
+        RouteSpec::public("/public/", Upstream::Echo),
+        RouteSpec::public("/slow/", Upstream::Addr(upstream.addr.to_string())),
+    ]);
+    options.shutdown_grace = "30s".into();
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_when_idle_and_lets_in_flight_requests_finish() {
+    let slow = EchoServer::start_delayed(Duration::from_secs(2)).await;
+
+    // (a) Idle (a kept-alive connection open, no request in flight): out long before the 30 s
+    // grace period is over, with success.
+    let mut idle = with_slow_route(&slow).start().await;
+    assert_eq!(idle.get("/public/a", None).await.status(), 200);
+    let sent = std::time::Instant::now();
+    sigterm(&idle);
+    let exit = idle.wait_for_exit(Duration::from_secs(8)).await;
+    let took = sent.elapsed();
+    let exit = exit.unwrap_or_else(|| {
+        panic!("an idle authgate still running 8 s after SIGTERM (shutdown_grace = 30s)")
+    });
+    eprintln!("idle gateway exited {took:?} after SIGTERM: {exit}");
+    assert!(exit.success(), "exit status {exit} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(5),
+        "an idle gateway took {took:?} to exit after SIGTERM (shutdown_grace = 30s)"
+    );
+
+    // (b) A request in flight when SIGTERM arrives is answered, then the process exits.
+    let mut busy = with_slow_route(&slow).start().await;
+    let in_flight = tokio::spawn({
+        let client = busy.client.clone();
+        let url = busy.url("/slow/report");
+        async move { client.get(url).send().await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the slow request to reach the upstream",
+        || async {
+            slow.requests()
+                .iter()
+                .any(|r| r.path == "/slow/report")
+                .then_some(())
+        },
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    sigterm(&busy);
+    let response = in_flight
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight request failed after SIGTERM: {e:?}"));
+    let echo = echoed(response).await;
+    assert_eq!(echo.path, "/slow/report");
+    let exit = busy.wait_for_exit(Duration::from_secs(12)).await;
+    let took = sent.elapsed();
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "authgate still running {took:?} after SIGTERM, its only request long answered \
+             (shutdown_grace = 30s)"
+        )
+    });
+    eprintln!("busy gateway exited {took:?} after SIGTERM: {exit}");
+    assert!(exit.success(), "exit status {exit} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(8),
+        "the gateway took {took:?} to exit after SIGTERM with a 2 s request in flight \
+         (shutdown_grace = 30s)"
+    );
+}
+
+// --- branding --------------------------------------------------------------------------------
+
+const BRANDING: &str = "[branding]\nproduct_name = \"Acme Portal\"\naccent_color = \"#0f766e\"\n\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branding_sets_the_product_name_and_accent_colour_of_the_pages() {
+    let gateway =
+        Gateway::start_with_edited(GatewayOptions::new(), |toml| format!("{BRANDING}{toml}")).await;
+
+    let page = gateway.get("/auth/login", None).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let title = html
+        .split_once("<title>")
+        .and_then(|(_, rest)| rest.split_once("</title>"))
+        .map(|(title, _)| title)
+        .unwrap_or_else(|| panic!("no <title> in the sign-in page:\n{html}"));
+    assert!(
+        title.contains("Acme Portal"),
+        "<title>{title}</title> does not name the product"
+    );
+    let body = html.split_once("</title>").unwrap().1;
+    assert!(
+        body.contains("Acme Portal"),
+        "the page body does not show the product name:\n{html}"
+    );
+    assert!(
+        !title.contains("authgate"),
+        "<title>{title}</title> still names the default product"
+    );
+
+    let css = gateway.get("/auth/assets/style.css", None).await;
+    assert_eq!(css.status(), 200);
+    let content_type = header(&css, "content-type").unwrap_or_default().to_string();
+    assert!(content_type.starts_with("text/css"), "{content_type:?}");
+    let css = css.text().await.unwrap();
+    assert!(
+        css.contains("--accent: #0f766e"),
+        "the stylesheet does not use the configured accent:\n{css}"
+    );
+    assert!(
+        !css.contains("#1d4ed8"),
+        "the default accent is still in the stylesheet:\n{css}"
+    );
+
+    // A colour white button text would be unreadable on is refused by `authgate check`.
+    let too_light = format!(
+        "[branding]\nproduct_name = \"Acme Portal\"\naccent_color = \"#ffff00\"\n\n{}",
+        valid_config()
+    );
+    assert_check_rejects(&too_light, "branding.accent_color");
+    let output = run_check(&format!("{BRANDING}{}", valid_config()));
+    assert!(
+        output.status.success(),
+        "check refused the readable accent: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -400,3 +400,32 @@ async fn a_connection_stays_usable_after_a_502_or_the_gateway_says_connection_cl
         first.headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_504_upstream_timeout() {
+    let slow = EchoServer::start_delayed(std::time::Duration::from_secs(3)).await;
+    let gateway = Gateway::start_with_edited(
+        GatewayOptions::new().routes(vec![
+            RouteSpec::public("/slow/", Upstream::Addr(slow.addr.to_string())),
+            RouteSpec::public("/", Upstream::Echo),
+        ]),
+        |toml| {
+            let route = "prefix = \"/slow/\"\n";
+            assert!(toml.contains(route), "{toml}");
+            toml.replacen(route, &format!("{route}read_timeout = \"1s\"\n"), 1)
+        },
+    )
+    .await;
+
+    // Were the route's read_timeout ignored, the upstream's 200 would arrive after 3 s.
+    let response = gateway
+        .get_with("/slow/report", None, &[("Accept", "application/json")])
+        .await;
+    assert_json_error(response, 504, "upstream_timeout").await;
+    assert!(
+        slow.requests().iter().any(|r| r.path == "/slow/report"),
+        "the request never reached the upstream (a connect failure, not a read timeout)"
+    );
+    // Other routes are unaffected.
+    assert_eq!(gateway.get("/fast", None).await.status(), 200);
+}

@@ -376,6 +376,12 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub async fn start() -> Self {
+        Self::start_delayed(Duration::ZERO).await
+    }
+
+    /// An echo upstream that waits `delay` after reading each request before it answers (a
+    /// slow backend). The request is recorded as soon as it has been read.
+    pub async fn start_delayed(delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -384,7 +390,7 @@ impl EchoServer {
             while let Ok((socket, _)) = listener.accept().await {
                 let seen = seen_in_task.clone();
                 tokio::spawn(async move {
-                    let _ = serve_echo_connection(socket, seen).await;
+                    let _ = serve_echo_connection(socket, seen, delay).await;
                 });
             }
         })
@@ -451,6 +457,7 @@ async fn fill_until(
 async fn serve_echo_connection(
     mut socket: TcpStream,
     seen: Arc<Mutex<Vec<EchoedRequest>>>,
+    delay: Duration,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -532,6 +539,9 @@ async fn serve_echo_connection(
             "body": body_text,
         });
         seen.lock().unwrap().push(EchoedRequest::from_json(&echoed));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
 
         let payload = serde_json::to_vec(&echoed).unwrap();
         let close = headers
