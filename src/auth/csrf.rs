@@ -123,35 +123,15 @@ pub fn local_redirect(target: &str) -> String {
         if unsafe_form(&candidate) {
             return "/".to_string();
         }
-        let decoded: String = percent_decode(&candidate);
+        let decoded = percent_encoding::percent_decode_str(&candidate)
+            .decode_utf8_lossy()
+            .into_owned();
         if decoded == candidate {
             return target.to_string();
         }
         candidate = decoded;
     }
     "/".to_string()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(value) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|hex| std::str::from_utf8(hex).ok())
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            {
-                out.push(value);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
