@@ -25,7 +25,7 @@ use crate::gateway::Gateway;
 use crate::geo::Locator;
 use crate::identity::IdentityHeaders;
 use crate::limits::ip_rate::IpRateLimiter;
-use crate::limits::login::LoginProtection;
+use crate::limits::login::RedisLoginGuard;
 use crate::password::PasswordHasher;
 use crate::routes::RouteTable;
 use crate::session::activity::ActivityTracker;
@@ -96,7 +96,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .context("storage.redis_url")?,
     );
     let session_store = RedisSessionStore::new(redis.clone(), &config.storage.redis_key_prefix);
-    let login_protection = Arc::new(LoginProtection::new(
+    let login_protection = Arc::new(RedisLoginGuard::new(
         redis,
         &config.storage.redis_key_prefix,
         config.login_protection.clone(),

@@ -20,7 +20,7 @@ use http::{HeaderMap, Method};
 pub use error::ApiError;
 
 use crate::geo::Locator;
-use crate::limits::login::LoginProtection;
+use crate::limits::login::LoginGuard;
 use crate::password::PasswordHasher;
 use crate::session::Sessions;
 use crate::store::behind::WriteBehind;
@@ -106,7 +106,7 @@ pub struct AuthApi {
     pub writer: WriteBehind,
     pub hasher: Arc<PasswordHasher>,
     pub locator: Arc<Locator>,
-    pub login_protection: Arc<LoginProtection>,
+    pub login_protection: Arc<dyn LoginGuard>,
     pub csrf: CsrfPolicy,
     pub pages: pages::Pages,
     pub metrics: Arc<Metrics>,

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
@@ -91,7 +92,21 @@ pub enum Outcome {
     Undecided,
 }
 
-pub struct LoginProtection {
+/// Brute-force bookkeeping for password checks, behind which store it lives (Redis here; an
+/// in-process one slots in for the embedded mode).
+#[async_trait]
+pub trait LoginGuard: Send + Sync {
+    /// Called before a password is checked; counts the attempt against the IP. At most
+    /// `max_failures - failures so far` checks per account run at once; further attempts wait
+    /// their turn. Every attempt that proceeds must end in [`LoginGuard::finish`].
+    async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError>;
+
+    /// Ends a checked attempt. Returns the lockout if this failure locked the account.
+    async fn finish(&self, email: &str, outcome: Outcome) -> Result<Option<Duration>, StoreError>;
+}
+
+/// [`LoginGuard`] on Redis: one atomic Lua script per step, shared by every instance.
+pub struct RedisLoginGuard {
     connection: Arc<RedisConnection>,
     prefix: String,
     config: LoginProtectionSection,
@@ -101,7 +116,7 @@ pub struct LoginProtection {
     max_wait: Duration,
 }
 
-impl LoginProtection {
+impl RedisLoginGuard {
     pub fn new(
         connection: Arc<RedisConnection>,
         prefix: &str,
@@ -129,11 +144,21 @@ impl LoginProtection {
         format!("{}login_attempts:{}", self.prefix, client_bucket(ip))
     }
 
-    /// Called before the password is checked; counts the attempt against the IP. At most
-    /// `max_failures - failures so far` checks per account run at once; further attempts wait
-    /// their turn (up to the hashing queue timeout). Every attempt that proceeds must end in
-    /// [`Self::finish`].
-    pub async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError> {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection.get().await?;
+        self.connection
+            .call(operation, invocation.invoke_async(&mut connection))
+            .await
+    }
+}
+
+#[async_trait]
+impl LoginGuard for RedisLoginGuard {
+    async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError> {
         let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
             let mut invocation = self.begin.key(self.account_key("lock", email));
@@ -159,12 +184,7 @@ impl LoginProtection {
         }
     }
 
-    /// Ends a checked attempt. Returns the lockout if this failure locked the account.
-    pub async fn finish(
-        &self,
-        email: &str,
-        outcome: Outcome,
-    ) -> Result<Option<Duration>, StoreError> {
+    async fn finish(&self, email: &str, outcome: Outcome) -> Result<Option<Duration>, StoreError> {
         let mut invocation = self.finish.key(self.account_key("failures", email));
         invocation
             .key(self.account_key("lock", email))
@@ -179,17 +199,6 @@ impl LoginProtection {
             .arg(millis(self.config.lockout));
         let locked_ms: i64 = self.run("login_finish", invocation).await?;
         Ok((locked_ms > 0).then(|| Duration::from_millis(u64::try_from(locked_ms).unwrap_or(0))))
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        operation: &'static str,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.get().await?;
-        self.connection
-            .call(operation, invocation.invoke_async(&mut connection))
-            .await
     }
 }
 
