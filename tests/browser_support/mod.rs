@@ -83,11 +83,6 @@ fn random_suffix() -> String {
     hex::encode(bytes)
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // ChromeDriver process
 // ---------------------------------------------------------------------------------------------
@@ -102,7 +97,7 @@ struct Driver {
 impl Driver {
     async fn start(dir: &Path) -> Self {
         let binary = chromedriver_binary();
-        let port = free_port();
+        let port = crate::common::free_port();
         let log_path = dir.join("chromedriver.log");
         let log = std::fs::File::create(&log_path).expect("create chromedriver.log");
         let child = Command::new(&binary)

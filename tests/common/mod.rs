@@ -60,10 +60,20 @@ pub fn random_hex(n: usize) -> String {
 }
 
 /// A port that was free a moment ago (bind :0, read the port, drop the listener). Nothing
-/// listens on it afterwards, which also makes it a good "dead upstream".
+/// listens on it afterwards, which also makes it a good "dead upstream". The OS may hand the
+/// same port to the next bind, so a port is never returned twice in one test process (a
+/// gateway's listen and admin ports must differ).
 pub fn free_port() -> u16 {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().unwrap().port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A unique, valid e-mail address for one test.
