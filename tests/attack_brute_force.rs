@@ -17,34 +17,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-async fn attempt(gateway: &Gateway, email: &str, password: &str) -> reqwest::Response {
-    gateway
-        .post_json(
-            "/auth/login",
-            &json!({"email": email, "password": password}),
-            None,
-        )
-        .await
-}
-
-/// Asserts a 429 with `code`, a Retry-After of 1..=`max_secs` seconds and no session cookie.
-async fn assert_refused_429(response: reqwest::Response, code: &str, max_secs: u64) {
-    assert!(
-        session_cookie(&response).is_none(),
-        "a refused login set a session cookie"
-    );
-    let retry_after = header(&response, "retry-after")
-        .unwrap_or_else(|| panic!("429 without Retry-After"))
-        .trim()
-        .parse::<u64>()
-        .expect("Retry-After in seconds");
-    assert!(
-        (1..=max_secs).contains(&retry_after),
-        "Retry-After {retry_after}, want 1..={max_secs}"
-    );
-    assert_json_error(response, 429, code).await;
-}
-
 /// `uSeR-...@eXaMpLe.CoM`: every other letter upper-cased.
 fn mixed_case(email: &str) -> String {
     email
@@ -79,41 +51,6 @@ async fn redis_connection() -> redis::aio::MultiplexedConnection {
         .expect("Redis reachable")
 }
 
-/// The sign-in page's CSRF token (cookie value = hidden field value).
-async fn csrf_token(gateway: &Gateway) -> String {
-    let page = gateway.get("/auth/login", None).await;
-    set_cookies(&page)
-        .into_iter()
-        .find(|c| c.name == "authgate_csrf")
-        .expect("the sign-in page sets the CSRF cookie")
-        .value
-}
-
-/// A sign-in form post as a browser on the gateway's own page sends it.
-async fn sign_in_form(
-    gateway: &Gateway,
-    csrf: &str,
-    email: &str,
-    password: &str,
-) -> reqwest::Response {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("csrf_token", csrf)
-        .append_pair("email", email)
-        .append_pair("password", password)
-        .finish();
-    let cookie = format!("authgate_csrf={csrf}");
-    let origin = gateway.public_origin();
-    gateway
-        .request(
-            "POST",
-            "/auth/login",
-            None,
-            &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
-            Some(("application/x-www-form-urlencoded", body.into_bytes())),
-        )
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_locks_the_account_even_against_the_right_password() {
     let gateway = GatewayOptions::new()
@@ -133,17 +70,17 @@ async fn password_guessing_locks_the_account_even_against_the_right_password() {
         format!(" {email} "),
     ];
     for (i, spelling) in spellings.iter().enumerate() {
-        let response = attempt(&gateway, spelling, &format!("guess-{i}-wrong")).await;
+        let response = login_attempt(&gateway, spelling, &format!("guess-{i}-wrong")).await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
     assert_refused_429(
-        attempt(&gateway, &email, &password).await,
+        login_attempt(&gateway, &email, &password).await,
         "account_locked",
         15 * 60,
     )
     .await;
     assert_refused_429(
-        attempt(&gateway, &email.to_uppercase(), &password).await,
+        login_attempt(&gateway, &email.to_uppercase(), &password).await,
         "account_locked",
         15 * 60,
     )
@@ -155,7 +92,9 @@ async fn password_guessing_locks_the_account_even_against_the_right_password() {
     );
     // The locked account is still locked for the next guess, of course.
     assert_eq!(
-        attempt(&gateway, &email, "guess-6-wrong").await.status(),
+        login_attempt(&gateway, &email, "guess-6-wrong")
+            .await
+            .status(),
         429
     );
 }
@@ -163,7 +102,7 @@ async fn password_guessing_locks_the_account_even_against_the_right_password() {
 /// Fires `GUESSES` wrong passwords for one account at once; returns (status, body) of each.
 async fn concurrent_guesses(gateway: &Gateway, email: &str, guesses: usize) -> Vec<(u16, String)> {
     let attempts = (0..guesses).map(|i| async move {
-        let response = attempt(gateway, email, &format!("parallel-guess-{i}")).await;
+        let response = login_attempt(gateway, email, &format!("parallel-guess-{i}")).await;
         let status = response.status().as_u16();
         let body = response.text().await.unwrap();
         (status, body)
@@ -196,7 +135,7 @@ async fn concurrent_guessing_still_ends_in_a_lockout_and_every_failure_is_counte
     // However the race went, the account is locked now, and the database counted every
     // failure that was actually checked.
     assert_refused_429(
-        attempt(&gateway, &email, &password).await,
+        login_attempt(&gateway, &email, &password).await,
         "account_locked",
         15 * 60,
     )
@@ -275,12 +214,12 @@ async fn guesses_spread_over_two_gateway_instances_share_one_lockout() {
 
     for i in 0..4 {
         let instance = if i % 2 == 0 { &first } else { &second };
-        let response = attempt(instance, &email, &format!("guess-{i}-wrong")).await;
+        let response = login_attempt(instance, &email, &format!("guess-{i}-wrong")).await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
     for instance in [&first, &second] {
         assert_refused_429(
-            attempt(instance, &email, &password).await,
+            login_attempt(instance, &email, &password).await,
             "account_locked",
             15 * 60,
         )
@@ -304,7 +243,7 @@ async fn guessing_through_the_sign_in_form_counts_towards_the_same_lockout() {
         assert_eq!(response.status(), 401, "a wrong password on the form");
     }
     for i in 3..5 {
-        let response = attempt(&gateway, &email, &format!("api-guess-{i}")).await;
+        let response = login_attempt(&gateway, &email, &format!("api-guess-{i}")).await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
     // Locked on both doors, the right password included.
@@ -324,7 +263,7 @@ async fn guessing_through_the_sign_in_form_counts_towards_the_same_lockout() {
         .unwrap()
         .contains("Too many failed sign-in attempts"));
     assert_refused_429(
-        attempt(&gateway, &email, &password).await,
+        login_attempt(&gateway, &email, &password).await,
         "account_locked",
         15 * 60,
     )
@@ -343,7 +282,7 @@ async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
 
     for i in 0..4 {
         assert_eq!(
-            attempt(&gateway, &email, &format!("a-{i}-wrong"))
+            login_attempt(&gateway, &email, &format!("a-{i}-wrong"))
                 .await
                 .status(),
             401
@@ -354,7 +293,7 @@ async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
     // Four more failures after the successful sign-in: still below the limit.
     for i in 0..4 {
         assert_eq!(
-            attempt(&gateway, &email, &format!("b-{i}-wrong"))
+            login_attempt(&gateway, &email, &format!("b-{i}-wrong"))
                 .await
                 .status(),
             401
@@ -364,7 +303,7 @@ async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
     // Five in a row lock it, and the right password does not unlock it.
     for i in 0..5 {
         assert_eq!(
-            attempt(&gateway, &email, &format!("c-{i}-wrong"))
+            login_attempt(&gateway, &email, &format!("c-{i}-wrong"))
                 .await
                 .status(),
             401
@@ -372,7 +311,7 @@ async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
     }
     for _ in 0..2 {
         assert_refused_429(
-            attempt(&gateway, &email, &password).await,
+            login_attempt(&gateway, &email, &password).await,
             "account_locked",
             15 * 60,
         )
@@ -393,18 +332,19 @@ async fn credential_stuffing_from_one_ip_is_rate_limited() {
 
     // A list of leaked (e-mail, password) pairs, one attempt each.
     for i in 0..PER_IP {
-        let response = attempt(&gateway, &unique_email(), &format!("leaked-{i}-password")).await;
+        let response =
+            login_attempt(&gateway, &unique_email(), &format!("leaked-{i}-password")).await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
     // The next pair happens to be valid: too late, this IP is out of attempts.
     assert_refused_429(
-        attempt(&gateway, &email, &password).await,
+        login_attempt(&gateway, &email, &password).await,
         "rate_limited",
         15 * 60,
     )
     .await;
     assert_refused_429(
-        attempt(&gateway, &unique_email(), "another-leaked-password").await,
+        login_attempt(&gateway, &unique_email(), "another-leaked-password").await,
         "rate_limited",
         15 * 60,
     )
@@ -447,12 +387,12 @@ async fn a_second_instance_does_not_give_a_stuffing_ip_fresh_attempts() {
         .await;
     for i in 0..PER_IP {
         let instance = if i % 2 == 0 { &first } else { &second };
-        let response = attempt(instance, &unique_email(), "leaked-password-x").await;
+        let response = login_attempt(instance, &unique_email(), "leaked-password-x").await;
         assert_eq!(response.status(), 401);
     }
     for instance in [&first, &second] {
         assert_refused_429(
-            attempt(instance, &unique_email(), "leaked-password-y").await,
+            login_attempt(instance, &unique_email(), "leaked-password-y").await,
             "rate_limited",
             15 * 60,
         )
@@ -515,7 +455,7 @@ async fn password_change_guesses_count_towards_the_lockout() {
     .await;
     // The lock is the account's, so the login door is shut too.
     assert_refused_429(
-        attempt(&gateway, &user.email, &user.password).await,
+        login_attempt(&gateway, &user.email, &user.password).await,
         "account_locked",
         LOCKOUT_SECS,
     )
@@ -531,7 +471,7 @@ async fn password_change_guesses_count_towards_the_lockout() {
         Duration::from_secs(LOCKOUT_SECS + 20),
         "login with the old password after the lockout",
         || async {
-            let response = attempt(&gateway, &user.email, &user.password).await;
+            let response = login_attempt(&gateway, &user.email, &user.password).await;
             match response.status().as_u16() {
                 200 => Some(()),
                 429 => None,
@@ -544,7 +484,7 @@ async fn password_change_guesses_count_towards_the_lockout() {
     )
     .await;
     assert_json_error(
-        attempt(&gateway, &user.email, &new_password).await,
+        login_attempt(&gateway, &user.email, &new_password).await,
         401,
         "invalid_credentials",
     )

@@ -10,17 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
-
-async fn attempt(gateway: &Gateway, email: &str, password: &str) -> reqwest::Response {
-    gateway
-        .post_json(
-            "/auth/login",
-            &json!({"email": email, "password": password}),
-            None,
-        )
-        .await
-}
 
 /// The headers of a response that could differ between two answers, minus the ones that
 /// legitimately vary per response (`date`).
@@ -68,8 +57,8 @@ async fn unknown_email_and_wrong_password_get_identical_answers() {
     let unknown = unique_email();
 
     for guess in ["wrong-password-1", "' OR 1=1 --", &password] {
-        let existing = attempt(&gateway, &email, &format!("{guess}x")).await;
-        let missing = attempt(&gateway, &unknown, &format!("{guess}x")).await;
+        let existing = login_attempt(&gateway, &email, &format!("{guess}x")).await;
+        let missing = login_attempt(&gateway, &unknown, &format!("{guess}x")).await;
         assert_eq!(existing.status(), 401, "wrong password status");
         assert_eq!(missing.status(), 401, "unknown e-mail status");
         assert_eq!(
@@ -90,26 +79,6 @@ async fn unknown_email_and_wrong_password_get_identical_answers() {
     }
 }
 
-/// A wrong-password post of the sign-in form, as a browser holding `csrf` sends it.
-async fn sign_in_form(gateway: &Gateway, csrf: &str, email: &str) -> reqwest::Response {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("csrf_token", csrf)
-        .append_pair("email", email)
-        .append_pair("password", "not-the-password")
-        .finish();
-    let cookie = format!("authgate_csrf={csrf}");
-    let origin = gateway.public_origin();
-    gateway
-        .request(
-            "POST",
-            "/auth/login",
-            None,
-            &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
-            Some(("application/x-www-form-urlencoded", body.into_bytes())),
-        )
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_email_and_wrong_password_look_alike_on_the_sign_in_form() {
     let gateway = GatewayOptions::new()
@@ -127,8 +96,8 @@ async fn unknown_email_and_wrong_password_look_alike_on_the_sign_in_form() {
         .find(|c| c.name == "authgate_csrf")
         .expect("the sign-in page sets the CSRF cookie")
         .value;
-    let existing = sign_in_form(&gateway, &csrf, &email).await;
-    let missing = sign_in_form(&gateway, &csrf, &unknown).await;
+    let existing = sign_in_form(&gateway, &csrf, &email, "not-the-password").await;
+    let missing = sign_in_form(&gateway, &csrf, &unknown, "not-the-password").await;
     assert_eq!(existing.status(), 401);
     assert_eq!(missing.status(), 401);
     assert_eq!(comparable_headers(&existing), comparable_headers(&missing));
@@ -151,8 +120,8 @@ async fn the_lockout_does_not_reveal_which_emails_exist() {
     let unknown = unique_email();
 
     for i in 1..=3 {
-        let existing = attempt(&gateway, &email, &format!("guess-{i}-wrong")).await;
-        let missing = attempt(&gateway, &unknown, &format!("guess-{i}-wrong")).await;
+        let existing = login_attempt(&gateway, &email, &format!("guess-{i}-wrong")).await;
+        let missing = login_attempt(&gateway, &unknown, &format!("guess-{i}-wrong")).await;
         assert_eq!(existing.status(), 401);
         assert_eq!(missing.status(), 401);
         assert_eq!(
@@ -161,8 +130,8 @@ async fn the_lockout_does_not_reveal_which_emails_exist() {
         );
     }
     // Both are now locked, in exactly the same words.
-    let existing = attempt(&gateway, &email, &password).await;
-    let missing = attempt(&gateway, &unknown, &password).await;
+    let existing = login_attempt(&gateway, &email, &password).await;
+    let missing = login_attempt(&gateway, &unknown, &password).await;
     assert_eq!(existing.status(), 429, "a registered e-mail was not locked");
     assert_eq!(missing.status(), 429, "an unknown e-mail was not locked");
     assert!(header(&existing, "retry-after").is_some());
@@ -196,20 +165,21 @@ async fn unknown_email_and_wrong_password_take_the_same_time() {
 
     // Warm up connections and the hashing pool.
     for _ in 0..2 {
-        attempt(&gateway, &email, "warm-up-wrong").await;
-        attempt(&gateway, &unique_email(), "warm-up-wrong").await;
+        login_attempt(&gateway, &email, "warm-up-wrong").await;
+        login_attempt(&gateway, &unique_email(), "warm-up-wrong").await;
     }
     let mut wrong_password = Vec::new();
     let mut unknown_email = Vec::new();
     for i in 0..ROUNDS {
         // Interleaved, so drift in machine load hits both series alike.
         let started = Instant::now();
-        let response = attempt(&gateway, &email, &format!("wrong-password-{i}")).await;
+        let response = login_attempt(&gateway, &email, &format!("wrong-password-{i}")).await;
         assert_eq!(response.status(), 401);
         wrong_password.push(started.elapsed());
 
         let started = Instant::now();
-        let response = attempt(&gateway, &unique_email(), &format!("wrong-password-{i}")).await;
+        let response =
+            login_attempt(&gateway, &unique_email(), &format!("wrong-password-{i}")).await;
         assert_eq!(response.status(), 401);
         unknown_email.push(started.elapsed());
     }

@@ -6,35 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
-
-async fn attempt(gateway: &Gateway, email: &str, password: &str) -> reqwest::Response {
-    gateway
-        .post_json(
-            "/auth/login",
-            &json!({"email": email, "password": password}),
-            None,
-        )
-        .await
-}
-
-/// Asserts a 429 lockout with a sensible Retry-After (at most `max_secs`).
-async fn assert_locked(response: reqwest::Response, max_secs: u64) {
-    assert!(
-        session_cookie(&response).is_none(),
-        "a locked login set a cookie"
-    );
-    let retry_after = header(&response, "retry-after")
-        .unwrap_or_else(|| panic!("429 without Retry-After"))
-        .trim()
-        .parse::<u64>()
-        .expect("Retry-After in seconds");
-    assert!(
-        (1..=max_secs).contains(&retry_after),
-        "Retry-After {retry_after}"
-    );
-    assert_json_error_status(response, 429).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_failed_logins_lock_the_account_even_against_the_right_password() {
@@ -46,13 +17,19 @@ async fn five_failed_logins_lock_the_account_even_against_the_right_password() {
     let password = strong_password();
     gateway.register(&email, &password).await;
     for i in 1..=5 {
-        let response = attempt(&gateway, &email, &format!("wrong-password-{i}")).await;
+        let response = login_attempt(&gateway, &email, &format!("wrong-password-{i}")).await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
-    assert_locked(attempt(&gateway, &email, &password).await, 15 * 60).await;
+    assert_refused_429(
+        login_attempt(&gateway, &email, &password).await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
     // The lock is per normalised e-mail.
-    assert_locked(
-        attempt(&gateway, &format!(" {} ", email.to_uppercase()), &password).await,
+    assert_refused_429(
+        login_attempt(&gateway, &format!(" {} ", email.to_uppercase()), &password).await,
+        "account_locked",
         15 * 60,
     )
     .await;
@@ -67,10 +44,15 @@ async fn unknown_emails_lock_exactly_like_real_ones() {
         .await;
     let ghost = unique_email();
     for i in 1..=5 {
-        let response = attempt(&gateway, &ghost, &format!("wrong-password-{i}")).await;
+        let response = login_attempt(&gateway, &ghost, &format!("wrong-password-{i}")).await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
-    assert_locked(attempt(&gateway, &ghost, "wrong-password-6").await, 15 * 60).await;
+    assert_refused_429(
+        login_attempt(&gateway, &ghost, "wrong-password-6").await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,9 +67,14 @@ async fn a_locked_account_does_not_lock_anyone_else() {
     let bystander_password = strong_password();
     gateway.register(&bystander, &bystander_password).await;
     for _ in 0..3 {
-        attempt(&gateway, &victim, "wrong-password").await;
+        login_attempt(&gateway, &victim, "wrong-password").await;
     }
-    assert_locked(attempt(&gateway, &victim, "wrong-password").await, 15 * 60).await;
+    assert_refused_429(
+        login_attempt(&gateway, &victim, "wrong-password").await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
     gateway.login(&bystander, &bystander_password).await;
 }
 
@@ -101,12 +88,17 @@ async fn the_lockout_ends_after_its_duration() {
     let password = strong_password();
     gateway.register(&email, &password).await;
     for _ in 0..2 {
-        attempt(&gateway, &email, "wrong-password").await;
+        login_attempt(&gateway, &email, "wrong-password").await;
     }
-    assert_locked(attempt(&gateway, &email, &password).await, 2).await;
+    assert_refused_429(
+        login_attempt(&gateway, &email, &password).await,
+        "account_locked",
+        2,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = eventually(Duration::from_secs(4), "the lockout to end", || async {
-        let response = attempt(&gateway, &email, &password).await;
+        let response = login_attempt(&gateway, &email, &password).await;
         (response.status() == 200).then_some(response.status())
     })
     .await;
@@ -121,11 +113,12 @@ async fn one_ip_gets_only_max_attempts_per_ip_failed_logins() {
         .await;
     // Different accounts each time: only the per-IP counter can stop this.
     for _ in 0..3 {
-        let response = attempt(&gateway, &unique_email(), "wrong-password").await;
+        let response = login_attempt(&gateway, &unique_email(), "wrong-password").await;
         assert_json_error(response, 401, "invalid_credentials").await;
     }
-    assert_locked(
-        attempt(&gateway, &unique_email(), "wrong-password").await,
+    assert_refused_429(
+        login_attempt(&gateway, &unique_email(), "wrong-password").await,
+        "rate_limited",
         15 * 60,
     )
     .await;

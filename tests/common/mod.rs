@@ -1943,3 +1943,69 @@ pub fn json_leaves(value: &Value) -> Vec<(String, Value)> {
     walk("", value, &mut out);
     out
 }
+
+// --- login helpers shared by the brute-force, lockout and enumeration suites ---------------
+
+/// A JSON login attempt, whatever its outcome.
+pub async fn login_attempt(gateway: &Gateway, email: &str, password: &str) -> reqwest::Response {
+    gateway
+        .post_json(
+            "/auth/login",
+            &json!({"email": email, "password": password}),
+            None,
+        )
+        .await
+}
+
+/// Asserts a 429 with `code`, a Retry-After of 1..=`max_secs` seconds and no session cookie.
+pub async fn assert_refused_429(response: reqwest::Response, code: &str, max_secs: u64) {
+    assert!(
+        session_cookie(&response).is_none(),
+        "a refused login set a session cookie"
+    );
+    let retry_after = header(&response, "retry-after")
+        .unwrap_or_else(|| panic!("429 without Retry-After"))
+        .trim()
+        .parse::<u64>()
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=max_secs).contains(&retry_after),
+        "Retry-After {retry_after}, want 1..={max_secs}"
+    );
+    assert_json_error(response, 429, code).await;
+}
+
+/// The sign-in page's CSRF token (cookie value = hidden field value).
+pub async fn csrf_token(gateway: &Gateway) -> String {
+    let page = gateway.get("/auth/login", None).await;
+    set_cookies(&page)
+        .into_iter()
+        .find(|c| c.name == "authgate_csrf")
+        .expect("the sign-in page sets the CSRF cookie")
+        .value
+}
+
+/// A sign-in form post as a browser on the gateway's own page sends it.
+pub async fn sign_in_form(
+    gateway: &Gateway,
+    csrf: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf_token", csrf)
+        .append_pair("email", email)
+        .append_pair("password", password)
+        .finish();
+    let cookie = format!("authgate_csrf={csrf}");
+    let origin = gateway.public_origin();
+    gateway
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
+            Some(("application/x-www-form-urlencoded", body.into_bytes())),
+        )
+        .await
+}
