@@ -30,11 +30,7 @@ impl CsrfPolicy {
     pub fn new(origins: &[String], secure_cookie: bool) -> Self {
         Self {
             origins: origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
-            cookie_name: if secure_cookie {
-                format!("__Host-{CSRF_COOKIE}")
-            } else {
-                CSRF_COOKIE.to_string()
-            },
+            cookie_name: cookie_name(secure_cookie),
         }
     }
 
@@ -72,6 +68,16 @@ impl CsrfPolicy {
                 "form is missing a valid CSRF token; reload the page and try again".to_string(),
             ))
         }
+    }
+}
+
+/// The double-submit cookie's name: `__Host-` prefixed when cookies are Secure, so a sibling
+/// subdomain cannot plant one. The pages that set it and the check that reads it both use this.
+pub fn cookie_name(secure_cookie: bool) -> String {
+    if secure_cookie {
+        format!("__Host-{CSRF_COOKIE}")
+    } else {
+        CSRF_COOKIE.to_string()
     }
 }
 

@@ -40,16 +40,11 @@ impl Pages {
             }
             None => STYLESHEET.to_string(),
         };
-        let (csrf_cookie, csrf_cookie_attributes) = if secure_cookie {
-            (
-                format!("__Host-{}", csrf::CSRF_COOKIE),
-                "; Path=/; HttpOnly; SameSite=Strict; Secure",
-            )
+        let csrf_cookie = csrf::cookie_name(secure_cookie);
+        let csrf_cookie_attributes = if secure_cookie {
+            "; Path=/; HttpOnly; SameSite=Strict; Secure"
         } else {
-            (
-                csrf::CSRF_COOKIE.to_string(),
-                "; Path=/; HttpOnly; SameSite=Strict",
-            )
+            "; Path=/; HttpOnly; SameSite=Strict"
         };
         Self {
             product_name: branding.product_name.clone(),
