@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (the session store and the database answer, and the schema is migrated).
+//! `/readyz` (the session store and the database answer, and the schema is migrated; the
+//! database is named by its backend, since it may be Postgres or the embedded SQLite file).
 //! It runs on its own address so it can stay off the public network.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::respond::simple;
 use crate::session::Sessions;
 use crate::store::RecordStore;
 use crate::telemetry::Metrics;
@@ -27,10 +29,10 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
-            "/healthz" => reply(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/metrics" => simple(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/healthz" => simple(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => self.readiness().await,
-            _ => reply(
+            _ => simple(
                 404,
                 "application/json",
                 br#"{"error":{"code":"not_found","message":"try /metrics, /healthz or /readyz"}}"#
@@ -42,7 +44,7 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     async fn readiness(&self) -> Response<Vec<u8>> {
-        let (redis, database) = tokio::join!(self.sessions.ping(), self.records.ping());
+        let (sessions, database) = tokio::join!(self.sessions.ping(), self.records.ping());
         let migrated = self.database_ready.load(Ordering::Acquire);
         let describe = |result: &Result<(), crate::store::StoreError>| match result {
             Ok(()) => "ok".to_string(),
@@ -52,32 +54,18 @@ impl AdminApp {
             (Ok(()), false) => "reachable, not migrated yet".to_string(),
             _ => describe(&database),
         };
-        let ready = redis.is_ok() && database.is_ok() && migrated;
+        let ready = sessions.is_ok() && database.is_ok() && migrated;
         let body = json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "redis": describe(&redis),
+            "session_store": describe(&sessions),
+            "session_store_backend": self.sessions.backend(),
             "database": database_state,
+            "database_backend": self.records.backend(),
         });
-        reply(
+        simple(
             if ready { 200 } else { 503 },
             "application/json",
             body.to_string().into_bytes(),
         )
     }
-}
-
-fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut response = Response::new(body);
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    let length = response.body().len();
-    let headers = response.headers_mut();
-    if let Ok(value) = content_type.parse() {
-        headers.insert(http::header::CONTENT_TYPE, value);
-    }
-    headers.insert(http::header::CONTENT_LENGTH, length.into());
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    response
 }

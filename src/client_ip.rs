@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
+/// `peer` must already be canonical (an IPv4-mapped peer given as IPv4).
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
@@ -60,17 +61,33 @@ fn forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         .collect()
 }
 
-/// Accepts `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` and `[2001:db8::1]:443`.
+/// Accepts `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` and `[2001:db8::1]:443`. IPv4-mapped IPv6
+/// addresses (`::ffff:1.2.3.4`) come back as the IPv4 address they are.
 fn parse_ip(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(ip);
+    let ip = if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else if let Some(rest) = text.strip_prefix('[') {
+        rest.split(']').next()?.parse().ok()?
+    } else {
+        let (host, port) = text.rsplit_once(':')?;
+        port.parse::<u16>().ok()?;
+        IpAddr::V4(host.parse::<std::net::Ipv4Addr>().ok()?)
+    };
+    Some(ip.to_canonical())
+}
+
+/// A trusted-proxy network written in IPv4-mapped IPv6 form (`::ffff:10.0.0.0/104`) is the
+/// IPv4 network it maps, since peers are compared in their canonical (IPv4) form.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+            Some(v4) if v6.prefix_len() >= 96 => {
+                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4)
+            }
+            _ => net,
+        },
+        IpNet::V4(_) => net,
     }
-    if let Some(rest) = text.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
-    }
-    let (host, port) = text.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]
@@ -121,6 +138,17 @@ mod tests {
             "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
         )]);
         assert_eq!(resolve(ip("10.0.0.2"), &h, &trusted()), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_ipv4() {
+        let h = headers(&[("x-forwarded-for", "::ffff:198.51.100.7")]);
+        assert_eq!(resolve(ip("10.0.0.2"), &h, &trusted()), ip("198.51.100.7"));
+        let mapped: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(
+            canonical_net(mapped),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
     }
 
     #[test]

@@ -5,18 +5,23 @@
 //!             1 client IP (trusted proxies)          client_ip.rs         │ answered here:
 //!             2 per-IP rate limit        ──▶ 429     limits/ip_rate.rs    │ 429, 431, 400,
 //!               header size limits       ──▶ 431                          │ 404, /auth/*,
-//!             3 strip identity headers               identity.rs          │ 401, 503
-//!             4 normalise path           ──▶ 400     path.rs              │
-//!             5 /auth/*                  ──▶ API     auth/                │
-//!             6 route match              ──▶ 404     routes.rs            │
-//!             7 session (protected)      ──▶ 401/302/503 session/         ┘
+//!             0 one reading: target, Host ──▶ 400    target.rs, path.rs   │ 401, 503
+//!             3 strip identity headers               identity.rs          │
+//!             4 /auth/*                  ──▶ API     auth/                │
+//!             5 route + readings check   ──▶ 404/400 routes.rs            │
+//!               forward the normalised target        target.rs            │
+//!             6 session (protected)      ──▶ 401/302/503 session/         ┘
 //!          ─▶ upstream_peer              round-robin healthy upstream, or 503
-//!          ─▶ upstream_request_filter    inject X-User-Id (+ email, session id); drop our cookie
+//!          ─▶ upstream_request_filter    inject X-User-Id (+ email, session id); drop our cookies
 //!          ─▶ upstream_response_filter   upstream latency
-//!          ─▶ response_filter            re-issue the sliding session cookie
+//!          ─▶ response_filter            drop the upstream's Set-Cookie for our cookies and
+//!                                        identity headers; HSTS; re-issue the sliding cookie
 //!          ─▶ fail_to_proxy              502/504 JSON when the upstream fails
 //!          ─▶ logging                    one access-log line + request metrics
 //! ```
+//!
+//! (Connection admission, the request-head deadline and keep-alive limits run before any of
+//! this, in `connections.rs`.)
 //!
 //! The hot path of a proxied request touches Redis once (the session check) and Postgres never.
 
@@ -34,15 +39,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::auth::error::UpstreamFailure;
 use crate::auth::{ApiError, AuthApi, AuthRequest, MAX_BODY_BYTES};
+use crate::client_ip;
 use crate::config::AuthMode;
+use crate::error::UpstreamFailure;
 use crate::identity::{self, IdentityHeaders};
 use crate::limits::ip_rate::IpRateLimiter;
-use crate::routes::{host_of, Route, RouteTable};
-use crate::session::{Lookup, SessionData, Sessions};
+use crate::respond::Responder;
+use crate::routes::{Refusal, Route, RouteTable};
+use crate::session::{cookie, Lookup, SessionData, Sessions};
+use crate::target::RequestTarget;
 use crate::telemetry::{Decision, Metrics};
-use crate::{client_ip, path, respond};
 
 /// Request headers larger than this in total are refused (431).
 const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -62,6 +69,8 @@ pub struct Gateway {
     pub sessions: Arc<Sessions>,
     pub auth: Arc<AuthApi>,
     pub metrics: Arc<Metrics>,
+    /// Writes the gateway's own answers, with its security headers.
+    pub respond: Responder,
 }
 
 /// Per-request state carried between the hooks.
@@ -142,41 +151,54 @@ impl ProxyHttp for Gateway {
                 ("ratelimit-remaining", "0".to_string()),
                 ("ratelimit-reset", reset),
             ];
-            respond::api_error(session, &error, &headers).await?;
+            self.respond.api_error(session, &error, &headers).await?;
             return Ok(true);
         }
 
         if let Some(message) = oversized_headers(session.req_header()) {
             session.set_keepalive(None);
-            respond::api_error(session, &ApiError::HeadersTooLarge(message), &[]).await?;
-            return Ok(true);
-        }
-
-        self.identity_headers.strip(session.req_header_mut());
-
-        let path = match path::normalize(session.req_header().uri.path()) {
-            Ok(path) => path,
-            Err(error) => {
-                let error = ApiError::InvalidPath(error.message());
-                respond::api_error(session, &error, &[]).await?;
-                return Ok(true);
-            }
-        };
-
-        if AuthApi::is_auth_path(&path) {
-            ctx.unrouted_label = "/auth";
-            self.serve_auth(session, path, client_ip, via_trusted_proxy)
+            self.respond
+                .api_error(session, &ApiError::HeadersTooLarge(message), &[])
                 .await?;
             return Ok(true);
         }
 
-        let host = request_host(session.req_header());
-        let Some(route) = self.routes.load().find(host.as_deref(), &path) else {
-            respond::api_error(session, &ApiError::NoRoute, &[]).await?;
+        let target = match RequestTarget::read(session.req_header()) {
+            Ok(target) => target,
+            Err(error) => {
+                session.set_keepalive(None);
+                let error = ApiError::InvalidTarget {
+                    code: error.code(),
+                    message: error.message(),
+                };
+                self.respond.api_error(session, &error, &[]).await?;
+                return Ok(true);
+            }
+        };
+
+        self.identity_headers
+            .strip(session.req_header_mut(), via_trusted_proxy);
+
+        if AuthApi::is_auth_path(target.path.as_str()) {
+            ctx.unrouted_label = "/auth";
+            self.serve_auth(session, &target, client_ip, via_trusted_proxy)
+                .await?;
             return Ok(true);
+        }
+
+        let route = match self.routes.load().resolve(target.host_name(), &target.path) {
+            Ok(route) => route,
+            Err(refusal) => {
+                let error = match refusal {
+                    Refusal::NoRoute => ApiError::NoRoute,
+                    other => ApiError::InvalidPath(other.message()),
+                };
+                self.respond.api_error(session, &error, &[]).await?;
+                return Ok(true);
+            }
         };
         ctx.route = Some(route.clone());
-        rewrite_path(session.req_header_mut(), &path)?;
+        target.apply(session.req_header_mut())?;
 
         match route.auth {
             AuthMode::Public => {
@@ -210,9 +232,8 @@ impl ProxyHttp for Gateway {
         if let Some(client_ip) = ctx.client_ip {
             forwarding_headers(upstream_request, client_ip, ctx.via_trusted_proxy)?;
         }
-        let cookie_name = &self.sessions.config().cookie_name;
-        if crate::session::cookie::read(&upstream_request.headers, cookie_name).is_some() {
-            match crate::session::cookie::without(&upstream_request.headers, cookie_name) {
+        if upstream_request.headers.contains_key(http::header::COOKIE) {
+            match cookie::without(&upstream_request.headers, &self.own_cookies()) {
                 Some(rest) => upstream_request.insert_header(http::header::COOKIE, rest)?,
                 None => {
                     upstream_request.remove_header(&http::header::COOKIE);
@@ -251,6 +272,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
+        self.guard_response(upstream_response)?;
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header("set-cookie", cookie)?;
         }
@@ -283,7 +305,7 @@ impl ProxyHttp for Gateway {
             // The upstream exchange failed midway; don't promise the client a reusable
             // connection (it gets `Connection: close`).
             session.set_keepalive(None);
-            if let Err(write_error) = respond::api_error(session, &failure, &[]).await {
+            if let Err(write_error) = self.respond.api_error(session, &failure, &[]).await {
                 tracing::debug!(%write_error, "cannot write error response");
             }
         }
@@ -320,12 +342,29 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// The gateway's own cookies (base names), which upstreams may neither see nor set.
+    fn own_cookies(&self) -> [&str; 2] {
+        [
+            cookie::base_name(&self.sessions.config().cookie_name),
+            crate::auth::csrf::CSRF_COOKIE,
+        ]
+    }
+
+    /// SPEC §2 step 3, on the way back: an upstream's `Set-Cookie` for the gateway's own
+    /// cookies and any identity header are removed before the client sees them; the
+    /// gateway's own response headers (`nosniff`, HSTS) are added.
+    fn guard_response(&self, response: &mut ResponseHeader) -> pingora::Result<()> {
+        cookie::drop_set_cookies_for(response, &self.own_cookies())?;
+        self.identity_headers.strip_response(response);
+        self.respond.secure_proxied(response)
+    }
+
     /// The client's IP, and whether the TCP peer is a trusted proxy.
     fn client_ip(&self, session: &Session) -> (IpAddr, bool) {
         let peer = session
             .client_addr()
             .and_then(|addr| addr.as_inet())
-            .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+            .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip().to_canonical());
         let trusted = self.trusted_proxies.iter().any(|net| net.contains(&peer));
         let client = client_ip::resolve(peer, &session.req_header().headers, &self.trusted_proxies);
         (client, trusted)
@@ -362,9 +401,13 @@ impl Gateway {
                 if is_browser_navigation(session.req_header()) {
                     // People get the sign-in page, and come back here afterwards.
                     headers.push(("location", sign_in_location(session.req_header())));
-                    respond::send(session, 302, None, &headers, Vec::new()).await?;
+                    self.respond
+                        .send(session, 302, None, &headers, Vec::new())
+                        .await?;
                 } else {
-                    respond::api_error(session, &ApiError::Unauthenticated, &headers).await?;
+                    self.respond
+                        .api_error(session, &ApiError::Unauthenticated, &headers)
+                        .await?;
                 }
                 Ok(true)
             }
@@ -373,7 +416,7 @@ impl Gateway {
                 self.metrics.decision(Decision::StoreUnavailable);
                 tracing::debug!(error = %store_error, "session store unavailable");
                 let error = ApiError::Unavailable(store_error.to_string());
-                respond::api_error(session, &error, &[]).await?;
+                self.respond.api_error(session, &error, &[]).await?;
                 Ok(true)
             }
         }
@@ -383,7 +426,7 @@ impl Gateway {
     async fn serve_auth(
         &self,
         session: &mut Session,
-        path: String,
+        target: &RequestTarget,
         client_ip: IpAddr,
         via_trusted_proxy: bool,
     ) -> pingora::Result<()> {
@@ -391,8 +434,8 @@ impl Gateway {
             Ok(body) => {
                 let request = AuthRequest {
                     method: session.req_header().method.clone(),
-                    path,
-                    query: session.req_header().uri.query().map(str::to_string),
+                    path: target.path.to_string(),
+                    query: target.query.clone(),
                     headers: session.req_header().headers.clone(),
                     body,
                     client_ip,
@@ -406,14 +449,15 @@ impl Gateway {
                 crate::auth::AuthResponse::error(&error)
             }
         };
-        respond::send(
-            session,
-            response.status,
-            response.content_type,
-            &response.headers,
-            response.body,
-        )
-        .await
+        self.respond
+            .send(
+                session,
+                response.status,
+                response.content_type,
+                &response.headers,
+                response.body,
+            )
+            .await
     }
 }
 
@@ -513,42 +557,4 @@ fn oversized_headers(request: &RequestHeader) -> Option<&'static str> {
         }
     }
     (total > MAX_HEADER_BYTES).then_some("request headers are too large")
-}
-
-fn request_host(request: &RequestHeader) -> Option<String> {
-    request
-        .uri
-        .host()
-        .map(str::to_string)
-        .or_else(|| {
-            request
-                .headers
-                .get(http::header::HOST)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_string)
-        })
-        .map(|host| host_of(&host))
-}
-
-/// Forwards the normalised path, so the upstream serves exactly what was authorised.
-fn rewrite_path(request: &mut RequestHeader, normalized: &str) -> pingora::Result<()> {
-    if request.uri.path() == normalized {
-        return Ok(());
-    }
-    let path_and_query = match request.uri.query() {
-        Some(query) => format!("{normalized}?{query}"),
-        None => normalized.to_string(),
-    };
-    let uri = http::Uri::builder()
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| {
-            Error::because(
-                ErrorType::InvalidHTTPHeader,
-                "cannot rebuild the request path",
-                e,
-            )
-        })?;
-    request.set_uri(uri);
-    Ok(())
 }

@@ -1,26 +1,56 @@
 //! Identity headers: the ones the gateway injects for upstreams, and therefore the ones no
 //! client may send. Stripped from every request on every route before anything else reads them.
 
-use http::HeaderName;
-use pingora::http::RequestHeader;
+use http::{HeaderMap, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
 
 pub const USER_ID: &str = "x-user-id";
 pub const USER_EMAIL: &str = "x-user-email";
 pub const SESSION_ID: &str = "x-session-id";
 
-/// Always stripped, whatever the config says.
+/// Always stripped, whatever the config says: the gateway's own identity headers, other
+/// gateways' identity headers (oauth2-proxy, Authelia, Grafana-style auth proxies), headers
+/// upstreams read as the client's address, and URL-override headers some frameworks route by
+/// (which would let a client choose the path after the route check). Upstreams learn the
+/// client's address from `X-Forwarded-For`, `X-Real-IP` and `Forwarded`, which the gateway
+/// sets itself.
 const BUILT_IN: &[&str] = &[
     USER_ID,
     USER_EMAIL,
     SESSION_ID,
     "x-forwarded-user",
     "x-forwarded-email",
+    "x-forwarded-groups",
     "x-forwarded-preferred-username",
-    "remote-user",
+    "x-forwarded-access-token",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-authgate-assertion",
 ];
 
-/// Every header whose name starts with this is stripped too.
-const STRIPPED_PREFIX: &str = "x-auth-request-";
+/// Every header whose name starts with one of these is stripped too.
+const STRIPPED_PREFIXES: &[&str] = &["x-auth-request-", "remote-", "x-webauth-"];
+
+/// Headers that describe the connection (client address, scheme, host, port, path prefix).
+/// Believed only from trusted proxies, so stripped from everyone else; the gateway then sets
+/// `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto` and `Forwarded` itself. Spelled with
+/// underscores (`X_Forwarded_Host`, which CGI-style servers read as `X-Forwarded-Host`) they
+/// are stripped from every peer: no proxy sends them so.
+const FORWARDING: &[&str] = &[
+    "x-real-ip",
+    "forwarded",
+    "client-ip",
+    "x-original-host",
+    "x-host",
+    "front-end-https",
+    "x-url-scheme",
+];
+const FORWARDING_PREFIX: &str = "x-forwarded-";
 
 pub struct IdentityHeaders {
     extra: Vec<HeaderName>,
@@ -31,12 +61,18 @@ impl IdentityHeaders {
         Self { extra }
     }
 
-    /// Removes every identity header, all instances, whatever the case the client used.
-    pub fn strip(&self, request: &mut RequestHeader) {
+    /// Removes every identity header, all instances, whatever the case the client used, and
+    /// the forwarding headers a peer that is not a trusted proxy (or anyone, with
+    /// underscores) sent.
+    pub fn strip(&self, request: &mut RequestHeader, from_trusted_proxy: bool) {
         let doomed: Vec<HeaderName> = request
             .headers
             .keys()
-            .filter(|name| self.is_identity(name))
+            .filter(|name| {
+                self.is_identity(name)
+                    || (is_forwarding(name.as_str())
+                        && (!from_trusted_proxy || name.as_str().contains('_')))
+            })
             .cloned()
             .collect();
         for name in doomed {
@@ -44,16 +80,43 @@ impl IdentityHeaders {
         }
     }
 
+    /// Removes identity headers from an upstream's response: the client must never see (or
+    /// be taught) an identity the gateway did not issue.
+    pub fn strip_response(&self, response: &mut ResponseHeader) {
+        for name in self.found_in(&response.headers) {
+            response.remove_header(&name);
+        }
+    }
+
+    fn found_in(&self, headers: &HeaderMap) -> Vec<HeaderName> {
+        headers
+            .keys()
+            .filter(|name| self.is_identity(name))
+            .cloned()
+            .collect()
+    }
+
     fn is_identity(&self, name: &HeaderName) -> bool {
         let name = name.as_str(); // HeaderName is always lower-case
         BUILT_IN.iter().any(|identity| same_name(name, identity))
-            || (name.len() >= STRIPPED_PREFIX.len()
-                && same_name(&name[..STRIPPED_PREFIX.len()], STRIPPED_PREFIX))
+            || STRIPPED_PREFIXES.iter().any(|prefix| {
+                name.get(..prefix.len())
+                    .is_some_and(|start| same_name(start, prefix))
+            })
             || self
                 .extra
                 .iter()
                 .any(|extra| same_name(name, extra.as_str()))
     }
+}
+
+fn is_forwarding(name: &str) -> bool {
+    FORWARDING
+        .iter()
+        .any(|forwarding| same_name(name, forwarding))
+        || name
+            .get(..FORWARDING_PREFIX.len())
+            .is_some_and(|start| same_name(start, FORWARDING_PREFIX))
 }
 
 /// Header names compared with `_` and `-` as one: CGI-style upstreams (WSGI, Rack, PHP) read
@@ -66,6 +129,41 @@ fn same_name(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_headers_are_believed_only_from_trusted_proxies_and_never_with_underscores() {
+        let build = || {
+            let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+            for name in [
+                "X-Forwarded-Host",
+                "X-Forwarded-Prefix",
+                "X-Real-IP",
+                "Client-IP",
+                "X_Forwarded_Host",
+                "X_Forwarded_For",
+                "x_real_ip",
+            ] {
+                request.append_header(name, "x").unwrap();
+            }
+            request
+        };
+        let headers = IdentityHeaders::new(Vec::new());
+        let mut untrusted = build();
+        headers.strip(&mut untrusted, false);
+        assert!(untrusted.headers.is_empty(), "{:?}", untrusted.headers);
+        let mut trusted = build();
+        headers.strip(&mut trusted, true);
+        let left: Vec<&str> = trusted.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            left,
+            [
+                "x-forwarded-host",
+                "x-forwarded-prefix",
+                "x-real-ip",
+                "client-ip"
+            ]
+        );
+    }
 
     #[test]
     fn strips_every_instance_and_prefix_but_keeps_the_rest() {
@@ -82,7 +180,22 @@ mod tests {
             .append_header("x_auth_request_user", "underscored")
             .unwrap();
         request.append_header("Accept", "text/html").unwrap();
-        IdentityHeaders::new(vec![HeaderName::from_static("x-custom")]).strip(&mut request);
+        for spoofed in [
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "X-Client-IP",
+            "X-Cluster-Client-IP",
+            "Fastly-Client-IP",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "Remote-Groups",
+            "X-WEBAUTH-USER",
+            "X-Forwarded-Groups",
+            "x_forwarded_preferred_username",
+        ] {
+            request.append_header(spoofed, "x").unwrap();
+        }
+        IdentityHeaders::new(vec![HeaderName::from_static("x-custom")]).strip(&mut request, true);
         let left: Vec<&str> = request.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);
     }

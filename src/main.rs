@@ -3,42 +3,11 @@
 //! CLI: `authgate [--config FILE]` runs the gateway; `authgate check --config FILE` validates a
 //! config and exits; `authgate migrate --config FILE` applies database migrations and exits.
 
-mod admin;
-mod auth;
-mod client_ip;
-mod config;
-mod device;
-mod gateway;
-mod geo;
-mod identity;
-mod limits;
-mod password;
-mod path;
-mod respond;
-mod routes;
-mod server;
-mod session;
-mod store;
-mod telemetry;
-
-#[cfg(test)]
-mod test_support {
-    /// A header map from `(name, value)` pairs (repeats allowed).
-    pub fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
-        let mut map = http::HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
-                value.parse().expect("test header value"),
-            );
-        }
-        map
-    }
-}
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use authgate::config::Config;
+use authgate::server;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -67,7 +36,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::Config::load(&cli.config) {
+    let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("authgate: invalid configuration: {error}");

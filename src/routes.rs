@@ -1,43 +1,143 @@
 //! The route table: which upstream serves a path, and whether it needs a session.
 //!
 //! Longest prefix wins; among equal prefixes a route bound to the request's host beats a
-//! host-less one. The table is immutable once built and lives behind an `ArcSwap` in the
-//! gateway, so that hot reload (not built yet) can swap it whole while in-flight requests
-//! keep the one they matched.
+//! host-less one. A route marked `case_insensitive` matches its prefix regardless of case.
+//!
+//! [`RouteTable::resolve`] also checks SPEC §2 step 0's promise: every other reading an
+//! upstream may make of the normalised path (decoded, `;params` stripped, folded as
+//! case-insensitive servers read it; see `path.rs`) must be served with the same protection as
+//! the path itself, and no reading may spell `/auth`; otherwise the request is refused.
+//! Case-folded readings always count: many frameworks (Express, IIS, PHP on Windows) match
+//! routes case-insensitively without anyone opting in. A prefix ending in `/` also matches the
+//! folder itself (`/admin/` covers `/admin`). Encoded slashes
+//! pass only on routes that opt in (`allow_encoded_slash`).
+//!
+//! The table is immutable once built and lives behind an `ArcSwap` in the gateway, so that hot
+//! reload (not built yet) can swap it whole while in-flight requests keep the one they matched.
 //! Each route owns a round-robin pool of upstreams with an active TCP health check.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use futures::FutureExt as _;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{health_check::TcpHealthCheck, LoadBalancer};
+use pingora::lb::{health_check::TcpHealthCheck, Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorType, OrErr};
 
 use crate::config::{AuthMode, RouteConfig};
+use crate::path::NormalizedPath;
 
 pub struct Route {
     pub prefix: String,
     pub host: Option<String>,
     pub auth: AuthMode,
+    case_insensitive: bool,
+    allow_encoded_slash: bool,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
+    /// Some upstream is a host name, looked up at run time and every [`RESOLVE_INTERVAL`].
+    needs_lookup: bool,
     connect_timeout: Duration,
     read_timeout: Duration,
     health_check_interval: Duration,
 }
 
+/// Why a path is not forwarded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No route serves it: 404.
+    NoRoute,
+    /// It holds `%2F` and its route has not opted in: 400.
+    EncodedSlash,
+    /// Some reading of it spells `/auth`, which is never forwarded: 400.
+    AuthSpelling,
+    /// Some reading of it would be served with another protection (or not at all): 400.
+    Ambiguous,
+}
+
+impl Refusal {
+    pub fn message(&self) -> &'static str {
+        match self {
+            Refusal::NoRoute => "no route for this path",
+            Refusal::EncodedSlash => "the request path must not contain an encoded '/' (%2F)",
+            Refusal::AuthSpelling => {
+                "the request path is a variant spelling of /auth; use /auth/... exactly"
+            }
+            Refusal::Ambiguous => {
+                "the request path reads differently once decoded, without ';' parameters or \
+                 case-folded, and that reading is routed with another protection"
+            }
+        }
+    }
+}
+
+/// Upstream names are resolved at run time, not when the config is read (so `authgate check`
+/// needs no network), and again every this often.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The route's upstreams, as written (`host:port`): IP literals as they are, host names looked
+/// up (every address they resolve to) each time pingora asks. A failed lookup keeps the last
+/// known addresses.
+struct UpstreamNames(Vec<String>);
+
+impl UpstreamNames {
+    fn needs_lookup(&self) -> bool {
+        self.0
+            .iter()
+            .any(|name| name.parse::<std::net::SocketAddr>().is_err())
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for UpstreamNames {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut backends = BTreeSet::new();
+        for name in &self.0 {
+            if let Ok(addr) = name.parse::<std::net::SocketAddr>() {
+                backends.insert(Backend::new(&addr.to_string())?);
+                continue;
+            }
+            let addrs = tokio::net::lookup_host(name.as_str())
+                .await
+                .or_err_with(ErrorType::ConnectNoRoute, || {
+                    format!("cannot resolve upstream {name}")
+                })?;
+            for addr in addrs {
+                backends.insert(Backend::new(&addr.to_string())?);
+            }
+        }
+        Ok((backends, HashMap::new()))
+    }
+}
+
 impl Route {
-    fn build(config: &RouteConfig) -> std::io::Result<Route> {
-        let mut upstreams = LoadBalancer::<RoundRobin>::try_from_iter(config.upstreams.iter())?;
+    fn build(config: &RouteConfig) -> Route {
+        let names = UpstreamNames(config.upstreams.clone());
+        let needs_lookup = names.needs_lookup();
+        let mut upstreams =
+            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(names)));
         upstreams.set_health_check(TcpHealthCheck::new());
-        Ok(Route {
+        if !needs_lookup {
+            // IP literals only: the first discovery completes without waiting.
+            if let Some(Err(error)) = upstreams.update().now_or_never() {
+                tracing::warn!(%error, prefix = %config.prefix, "cannot set up upstreams");
+            }
+        }
+        Route {
             prefix: config.prefix.clone(),
             host: config.host.clone(),
             auth: config.auth,
+            case_insensitive: config.case_insensitive,
+            allow_encoded_slash: config.allow_encoded_slash,
             upstreams: Arc::new(upstreams),
+            needs_lookup,
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             health_check_interval: config.health_check_interval,
-        })
+        }
     }
 
     /// The next healthy upstream, round-robin. When every upstream is marked down, one is
@@ -60,28 +160,52 @@ impl Route {
             (Some(wanted), Some(host)) => wanted == host,
             (Some(_), None) => false,
         };
-        host_ok && path.starts_with(&self.prefix)
+        let same = |a: &str, b: &str| {
+            if self.case_insensitive {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        // `/admin/` also covers `/admin`, which apps serve as the folder's index.
+        let prefix_ok = path
+            .get(..self.prefix.len())
+            .is_some_and(|start| same(start, &self.prefix))
+            || self
+                .prefix
+                .strip_suffix('/')
+                .is_some_and(|folder| !folder.is_empty() && same(path, folder));
+        host_ok && prefix_ok
+    }
+
+    /// What a request on this route is allowed: two routes with equal protection may serve
+    /// readings of the same path.
+    fn protection(&self) -> AuthMode {
+        self.auth
     }
 }
 
 pub struct RouteTable {
     /// Sorted so that the first match is the best one.
     routes: Vec<Arc<Route>>,
+    /// Some upstream reads paths like IIS: 8.3 short names (`ADMINI~1`) are refused too.
+    folds_case: bool,
 }
 
 impl RouteTable {
-    pub fn build(configs: &[RouteConfig]) -> std::io::Result<RouteTable> {
-        let mut routes = configs
+    pub fn build(configs: &[RouteConfig]) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = configs
             .iter()
-            .map(|config| Route::build(config).map(Arc::new))
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .map(|config| Arc::new(Route::build(config)))
+            .collect();
         routes.sort_by(|a, b| {
             b.prefix
                 .len()
                 .cmp(&a.prefix.len())
                 .then(b.host.is_some().cmp(&a.host.is_some()))
         });
-        Ok(RouteTable { routes })
+        let folds_case = routes.iter().any(|route| route.case_insensitive);
+        RouteTable { routes, folds_case }
     }
 
     /// `host` is the request's Host (lower-cased, port removed).
@@ -92,21 +216,68 @@ impl RouteTable {
             .cloned()
     }
 
-    /// Runs every route's health check at its interval until the returned future is dropped
-    /// (dropping it aborts the checks, so a replaced table stops being probed).
+    /// The route that serves `path`, once every other reading of it has been checked (see the
+    /// module comment).
+    pub fn resolve(
+        &self,
+        host: Option<&str>,
+        path: &NormalizedPath,
+    ) -> Result<Arc<Route>, Refusal> {
+        let readings = path.readings();
+        let spells_auth = is_auth_spelling(path.as_str())
+            || readings.iter().any(|reading| is_auth_spelling(reading));
+        if spells_auth {
+            return Err(Refusal::AuthSpelling);
+        }
+        let route = self.find(host, path.as_str()).ok_or(Refusal::NoRoute)?;
+        if path.has_encoded_slash() && !route.allow_encoded_slash {
+            return Err(Refusal::EncodedSlash);
+        }
+        if self.folds_case && readings.iter().any(|reading| has_short_name(reading)) {
+            // An 8.3 short name (`ADMINI~1`) could name any long folder on NTFS.
+            return Err(Refusal::Ambiguous);
+        }
+        for reading in readings {
+            let same = self
+                .find(host, &reading)
+                .is_some_and(|other| other.protection() == route.protection());
+            if !same {
+                return Err(Refusal::Ambiguous);
+            }
+        }
+        Ok(route)
+    }
+
+    /// Runs every route's upstream lookups and health checks until the returned future is
+    /// dropped (dropping it aborts them, so a replaced table stops being probed).
     pub async fn run_health_checks(self: Arc<Self>) {
         let mut checks = tokio::task::JoinSet::new();
         for route in &self.routes {
-            if route.health_check_interval.is_zero() {
+            if route.health_check_interval.is_zero() && !route.needs_lookup {
                 continue;
             }
             let route = route.clone();
             checks.spawn(async move {
-                let mut tick = tokio::time::interval(route.health_check_interval);
+                let period = match route.health_check_interval {
+                    interval if interval.is_zero() => RESOLVE_INTERVAL,
+                    interval => interval.min(RESOLVE_INTERVAL),
+                };
+                let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut resolved: Option<Instant> = None;
                 loop {
                     tick.tick().await;
-                    route.upstreams.backends().run_health_check(true).await;
+                    if route.needs_lookup
+                        && resolved.is_none_or(|at| at.elapsed() >= RESOLVE_INTERVAL)
+                    {
+                        resolved = Some(Instant::now());
+                        if let Err(error) = route.upstreams.update().await {
+                            tracing::warn!(%error, prefix = %route.prefix, "upstream lookup failed; keeping the last addresses");
+                        }
+                    }
+                    if !route.health_check_interval.is_zero() {
+                        route.upstreams.backends().run_health_check(true).await;
+                    }
                 }
             });
         }
@@ -114,15 +285,27 @@ impl RouteTable {
     }
 }
 
-/// The Host header's name part, lower-cased.
-pub fn host_of(value: &str) -> String {
-    let value = value.trim();
-    let without_port = if let Some(rest) = value.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        value.rsplit_once(':').map_or(value, |(host, _)| host)
+/// A segment shaped like an 8.3 short file name (`ADMINI~1`): up to six characters, `~`, a
+/// digit.
+fn has_short_name(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        segment.find('~').is_some_and(|at| {
+            (1..=6).contains(&at)
+                && segment[at + 1..]
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_digit())
+        })
+    })
+}
+
+/// `/auth` or `/auth/...` in any case: the gateway's own namespace, never an upstream's. (The
+/// exact lower-case spelling is answered by the gateway before routing.)
+pub fn is_auth_spelling(path: &str) -> bool {
+    let Some(start) = path.get(..5) else {
+        return false;
     };
-    without_port.to_ascii_lowercase()
+    start.eq_ignore_ascii_case("/auth") && matches!(path.as_bytes().get(5), None | Some(b'/'))
 }
 
 #[cfg(test)]
@@ -133,11 +316,13 @@ mod tests {
         RouteConfig {
             prefix: prefix.to_string(),
             host: host.map(str::to_string),
-            upstreams: vec!["127.0.0.1:1".parse().unwrap()],
+            upstreams: vec!["127.0.0.1:1".to_string()],
             auth,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             health_check_interval: Duration::ZERO,
+            case_insensitive: false,
+            allow_encoded_slash: false,
         }
     }
 
@@ -147,8 +332,7 @@ mod tests {
             route("/", None, AuthMode::Required),
             route("/static/", None, AuthMode::Public),
             route("/static/", Some("cdn.example.com"), AuthMode::Required),
-        ])
-        .unwrap();
+        ]);
         let hit = |host, path| {
             table
                 .find(host, path)
@@ -168,14 +352,79 @@ mod tests {
 
     #[test]
     fn no_match_is_none() {
-        let table = RouteTable::build(&[route("/app/", None, AuthMode::Required)]).unwrap();
+        let table = RouteTable::build(&[route("/app/", None, AuthMode::Required)]);
         assert!(table.find(None, "/other").is_none());
     }
 
+    fn resolve(table: &RouteTable, raw: &str) -> Result<(String, AuthMode), Refusal> {
+        let path = crate::path::normalize(raw.as_bytes()).unwrap();
+        table
+            .resolve(None, &path)
+            .map(|route| (route.prefix.clone(), route.auth))
+    }
+
+    fn public_site_with_admin_area(admin_case_insensitive: bool) -> RouteTable {
+        let mut admin = route("/admin/", None, AuthMode::Required);
+        admin.case_insensitive = admin_case_insensitive;
+        let mut files = route("/files/", None, AuthMode::Public);
+        files.allow_encoded_slash = true;
+        RouteTable::build(&[route("/", None, AuthMode::Public), admin, files])
+    }
+
     #[test]
-    fn host_header_port_and_case_are_ignored() {
-        assert_eq!(host_of("App.Example.com:8080"), "app.example.com");
-        assert_eq!(host_of("[::1]:8080"), "::1");
-        assert_eq!(host_of("localhost"), "localhost");
+    fn readings_that_cross_protection_are_refused() {
+        let table = public_site_with_admin_area(false);
+        assert_eq!(
+            resolve(&table, "/admin%2Fsecret"),
+            Err(Refusal::EncodedSlash)
+        );
+        assert_eq!(resolve(&table, "/admin;x/secret"), Err(Refusal::Ambiguous));
+        assert_eq!(
+            resolve(&table, "/admin%3Bx/secret"),
+            Err(Refusal::Ambiguous)
+        );
+        assert_eq!(
+            resolve(&table, "/x/%252e%252e/admin/s"),
+            Err(Refusal::Ambiguous)
+        );
+        assert_eq!(
+            resolve(&table, "/admin/secret").unwrap().1,
+            AuthMode::Required
+        );
+        assert_eq!(
+            resolve(&table, "/about;lang=en").unwrap().1,
+            AuthMode::Public
+        );
+        assert_eq!(resolve(&table, "/files/a%2Fb").unwrap().0, "/files/");
+        assert_eq!(
+            resolve(&table, "/files/..%252Fadmin%252Fx"),
+            Err(Refusal::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn case_insensitive_routes_match_and_fold() {
+        let table = public_site_with_admin_area(true);
+        assert_eq!(
+            resolve(&table, "/ADMIN/secret").unwrap().1,
+            AuthMode::Required
+        );
+        assert_eq!(resolve(&table, "/Admin./secret"), Err(Refusal::Ambiguous));
+        assert_eq!(resolve(&table, "/About").unwrap().1, AuthMode::Public);
+    }
+
+    #[test]
+    fn auth_spellings_are_never_routed() {
+        let table = public_site_with_admin_area(false);
+        for raw in [
+            "/AUTH/login",
+            "/Auth",
+            "/auth;x/login",
+            "/auth%2Flogin",
+            "/%2561uth/login",
+        ] {
+            assert_eq!(resolve(&table, raw), Err(Refusal::AuthSpelling), "{raw}");
+        }
+        assert!(resolve(&table, "/authors").is_ok());
     }
 }

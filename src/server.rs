@@ -21,24 +21,34 @@ use crate::admin::AdminApp;
 use crate::auth::csrf::CsrfPolicy;
 use crate::auth::{AuthApi, Pages};
 use crate::config::Config;
+use crate::connections::{ConnectionGuard, ConnectionLimits};
+use crate::demo::DemoApp;
 use crate::gateway::Gateway;
 use crate::geo::Locator;
 use crate::identity::IdentityHeaders;
 use crate::limits::ip_rate::IpRateLimiter;
+use crate::limits::login::memory::MemoryLoginGuard;
+use crate::limits::login::LoginGuard;
 use crate::limits::login::RedisLoginGuard;
 use crate::password::PasswordHasher;
+use crate::respond::Responder;
 use crate::routes::RouteTable;
 use crate::session::activity::ActivityTracker;
+use crate::session::epoch_ttl;
 use crate::session::jobs::{self, ExpiryJob};
+use crate::session::memory::MemorySessionStore;
 use crate::session::redis::{RedisConnection, RedisSessionStore};
+use crate::session::SessionStore;
 use crate::session::Sessions;
 use crate::store::behind::WriteBehind;
 use crate::store::postgres::PostgresStore;
-use crate::store::RecordStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{DatabaseUrl, RecordStore};
 use crate::telemetry::{self, Metrics};
 
 const MIGRATION_RETRY: Duration = Duration::from_secs(2);
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
+const MEMORY_SWEEP: Duration = Duration::from_secs(10);
 
 fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -49,20 +59,43 @@ fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the background runtime")
 }
 
-fn postgres(
+/// Opens the record store `storage.database_url` names, as the rest of the gateway sees it.
+///
+/// Postgres is opened lazily, so the gateway starts (and serves existing sessions) while the
+/// server is down. SQLite is a local file: it is opened now and its single-instance lock taken
+/// now, so a second process on the same file, or a file that cannot be opened, is a start-up
+/// error rather than a gateway that runs without its records.
+fn open_records(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<PostgresStore>> {
-    let _inside = runtime.enter();
-    let store = PostgresStore::connect_lazy(
-        &config.storage.database_url,
-        config.storage.database_max_connections,
-        config.storage.database_timeout,
-        metrics,
-    )
-    .context("storage.database_url")?;
-    Ok(Arc::new(store))
+) -> anyhow::Result<Arc<dyn RecordStore>> {
+    let storage = &config.storage;
+    let url = DatabaseUrl::parse(&storage.database_url)
+        .map_err(|message| anyhow::anyhow!("storage.database_url: {message}"))?;
+    let records: Arc<dyn RecordStore> = match url {
+        DatabaseUrl::Postgres(url) => {
+            let _inside = runtime.enter();
+            Arc::new(
+                PostgresStore::connect_lazy(
+                    &url,
+                    storage.database_max_connections,
+                    storage.database_timeout,
+                    metrics,
+                )
+                .context("storage.database_url")?,
+            )
+        }
+        DatabaseUrl::Sqlite(path) => Arc::new(runtime.block_on(SqliteStore::open(
+            &path,
+            storage.database_max_connections,
+            storage.database_timeout,
+            metrics,
+        ))?),
+    };
+    let backend = records.backend();
+    tracing::info!(backend, "database ({backend}) selected");
+    Ok(records)
 }
 
 /// `authgate migrate`: apply migrations and exit.
@@ -70,9 +103,9 @@ pub fn migrate(config: Config) -> anyhow::Result<()> {
     telemetry::init_logging(&config.log);
     let runtime = background_runtime()?;
     let metrics = Arc::new(Metrics::new()?);
-    let records = postgres(&config, &runtime, metrics)?;
+    let records = open_records(&config, &runtime, metrics)?;
     runtime.block_on(records.migrate())?;
-    println!("migrations applied");
+    println!("database ({}) migrations applied", records.backend());
     Ok(())
 }
 
@@ -82,26 +115,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let background = background_runtime()?;
     let metrics = Arc::new(Metrics::new()?);
 
-    let records = postgres(&config, &background, metrics.clone())?;
+    let records = open_records(&config, &background, metrics.clone())?;
+    let backend = records.backend();
     let database_ready = Arc::new(AtomicBool::new(false));
     background.spawn(migrate_until_done(records.clone(), database_ready.clone()));
 
-    let redis = Arc::new(
-        RedisConnection::new(
-            &config.storage.redis_url,
-            config.storage.redis_timeout,
-            background.handle().clone(),
-            metrics.clone(),
-        )
-        .context("storage.redis_url")?,
+    let (session_store, login_protection) = open_sessions(&config, &background, &metrics)?;
+    tracing::info!(
+        session_store = session_store.backend(),
+        "session store selected"
     );
-    let session_store = RedisSessionStore::new(redis.clone(), &config.storage.redis_key_prefix);
-    let login_protection = Arc::new(RedisLoginGuard::new(
-        redis,
-        &config.storage.redis_key_prefix,
-        config.login_protection.clone(),
-        config.password.hash_queue_timeout,
-    ));
     let locator = Arc::new(Locator::new(&config.geoip)?);
     let Config {
         server: server_config,
@@ -109,21 +132,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         password: password_config,
         rate_limit,
         branding,
+        demo,
         routes: route_configs,
         ..
     } = config;
-    let records_dyn: Arc<dyn RecordStore> = records;
-    let (writer, write_behind) = WriteBehind::new(records_dyn.clone(), metrics.clone());
+    let (writer, write_behind) = WriteBehind::new(records.clone(), metrics.clone());
     background.spawn(write_behind);
     let activity = Arc::new(ActivityTracker::default());
     let shutdown_flush = ShutdownFlush {
         writer: writer.clone(),
         activity: activity.clone(),
-        records: records_dyn.clone(),
+        records: records.clone(),
     };
     let session_config = Arc::new(session_config);
     let sessions = Arc::new(Sessions::new(
-        Arc::new(session_store),
+        session_store,
         session_config.clone(),
         activity.clone(),
         writer.clone(),
@@ -131,12 +154,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ));
     background.spawn(jobs::flush_activity(
         activity,
-        records_dyn.clone(),
+        records.clone(),
         session_config.activity_flush_interval,
     ));
     background.spawn(
         ExpiryJob {
-            records: records_dyn.clone(),
+            records: records.clone(),
             database_ready: database_ready.clone(),
             sessions: sessions.clone(),
             metrics: metrics.clone(),
@@ -151,7 +174,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     )?);
     let auth = Arc::new(AuthApi {
         sessions: sessions.clone(),
-        records: records_dyn.clone(),
+        records: records.clone(),
         writer,
         hasher,
         locator,
@@ -163,7 +186,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         database_ready: database_ready.clone(),
     });
 
-    let table = Arc::new(RouteTable::build(&route_configs).context("route table")?);
+    let table = Arc::new(RouteTable::build(&route_configs));
     background.spawn(table.clone().run_health_checks());
     let routes = Arc::new(ArcSwap::new(table));
 
@@ -171,6 +194,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     background.spawn(sweep_rate_limiter(limiter.clone(), metrics.clone()));
 
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let connection_limits = ConnectionLimits {
+        header_timeout: server_config.header_timeout,
+        keepalive_timeout: server_config.keepalive_timeout,
+        max_connections_per_ip: server_config.max_connections_per_ip,
+        max_connections: server_config.max_connections,
+        hsts: server_config.hsts.clone(),
+    };
     let gateway = Gateway {
         in_flight: in_flight.clone(),
         routes,
@@ -180,11 +210,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         sessions: sessions.clone(),
         auth,
         metrics: metrics.clone(),
+        respond: Responder::new(server_config.hsts.clone()),
     };
     let admin = AdminApp {
-        metrics,
+        metrics: metrics.clone(),
         sessions,
-        records: records_dyn,
+        records,
         database_ready,
     };
 
@@ -195,16 +226,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, pingora_conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "authgate proxy",
+    // The proxy sits behind the connection guard (connection caps, head and idle deadlines).
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = Service::new(
+        "authgate proxy".to_string(),
+        ConnectionGuard::new(proxy, connection_limits, metrics),
     );
     proxy.add_tcp(&server_config.listen.to_string());
     let mut admin_service = Service::new("authgate admin".to_string(), admin);
     admin_service.add_tcp(&server_config.admin_listen.to_string());
     server.add_service(proxy);
     server.add_service(admin_service);
+    if let Some(demo_listen) = demo {
+        let mut demo_service = Service::new("authgate demo upstream".to_string(), DemoApp);
+        demo_service.add_tcp(&demo_listen.to_string());
+        server.add_service(demo_service);
+        tracing::info!(listen = %demo_listen, "demo upstream enabled ([demo] in the config)");
+    }
     background.spawn(exit_when_idle(
         server.watch_execution_phase(),
         in_flight,
@@ -214,13 +252,64 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %server_config.listen,
         admin = %server_config.admin_listen,
+        database = backend,
         "authgate starting"
     );
     // `background` stays alive: run_forever only returns by exiting the process.
     server.run_forever();
 }
 
-/// What must reach Postgres before the process exits.
+/// The configured live-session store and login guard: Redis, or (with an empty
+/// `storage.redis_url`) this process's memory, swept periodically.
+fn open_sessions(
+    config: &Config,
+    background: &tokio::runtime::Runtime,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn LoginGuard>)> {
+    let epochs = epoch_ttl(config.session.absolute_timeout);
+    if config.storage.redis_url.trim().is_empty() {
+        let sessions = Arc::new(MemorySessionStore::new(config.storage.max_sessions, epochs));
+        let guard = Arc::new(MemoryLoginGuard::new(
+            config.login_protection.clone(),
+            config.password.hash_queue_timeout,
+        ));
+        background.spawn(sweep_memory_stores(sessions.clone(), guard.clone()));
+        return Ok((sessions, guard));
+    }
+    let redis = Arc::new(
+        RedisConnection::new(
+            &config.storage.redis_url,
+            config.storage.redis_timeout,
+            background.handle().clone(),
+            metrics.clone(),
+        )
+        .context("storage.redis_url")?,
+    );
+    let sessions = Arc::new(RedisSessionStore::new(
+        redis.clone(),
+        &config.storage.redis_key_prefix,
+        epochs,
+    ));
+    let guard = Arc::new(RedisLoginGuard::new(
+        redis,
+        &config.storage.redis_key_prefix,
+        config.login_protection.clone(),
+        config.password.hash_queue_timeout,
+    ));
+    Ok((sessions, guard))
+}
+
+/// Drops expired sessions and login counters of the in-process stores (Redis expires its own).
+async fn sweep_memory_stores(sessions: Arc<MemorySessionStore>, guard: Arc<MemoryLoginGuard>) {
+    let mut tick = tokio::time::interval(MEMORY_SWEEP);
+    loop {
+        tick.tick().await;
+        sessions.sweep();
+        guard.sweep();
+    }
+}
+
+/// What must reach the database before the process exits.
 struct ShutdownFlush {
     writer: WriteBehind,
     activity: Arc<ActivityTracker>,
@@ -263,16 +352,17 @@ async fn exit_when_idle(
     std::process::exit(0);
 }
 
-async fn migrate_until_done(records: Arc<PostgresStore>, ready: Arc<AtomicBool>) {
+async fn migrate_until_done(records: Arc<dyn RecordStore>, ready: Arc<AtomicBool>) {
+    let backend = records.backend();
     loop {
         match records.migrate().await {
             Ok(()) => {
                 ready.store(true, Ordering::Release);
-                tracing::info!("database schema is up to date");
+                tracing::info!(backend, "database ({backend}) schema is up to date");
                 return;
             }
             Err(error) => {
-                tracing::warn!(%error, "database not ready; retrying");
+                tracing::warn!(backend, %error, "database ({backend}) not ready; retrying");
                 tokio::time::sleep(MIGRATION_RETRY).await;
             }
         }

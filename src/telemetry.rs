@@ -42,6 +42,7 @@ impl Decision {
 pub enum Store {
     Redis,
     Postgres,
+    Sqlite,
 }
 
 impl Store {
@@ -49,6 +50,7 @@ impl Store {
         match self {
             Store::Redis => "redis",
             Store::Postgres => "postgres",
+            Store::Sqlite => "sqlite",
         }
     }
 }
@@ -69,6 +71,39 @@ pub struct Metrics {
     active_sessions: IntGauge,
     session_anomalies: IntCounterVec,
     write_behind_dropped: IntCounter,
+    connections_refused: IntCounterVec,
+    open_connections: IntGauge,
+}
+
+/// Why the public listener refused or cut off a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// Over `server.max_connections_per_ip` (429).
+    PerIp,
+    /// Over `server.max_connections` (503).
+    Global,
+    /// The request head did not arrive within `server.header_timeout` (408, or closed).
+    HeaderTimeout,
+    /// The request head grew past the size limit (431).
+    HeaderTooLarge,
+}
+
+impl ConnectionRefusal {
+    pub const ALL: [ConnectionRefusal; 4] = [
+        ConnectionRefusal::PerIp,
+        ConnectionRefusal::Global,
+        ConnectionRefusal::HeaderTimeout,
+        ConnectionRefusal::HeaderTooLarge,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ConnectionRefusal::PerIp => "per_ip",
+            ConnectionRefusal::Global => "global",
+            ConnectionRefusal::HeaderTimeout => "header_timeout",
+            ConnectionRefusal::HeaderTooLarge => "header_too_large",
+        }
+    }
 }
 
 impl Metrics {
@@ -157,6 +192,23 @@ impl Metrics {
             "authgate_write_behind_dropped_total",
             "Audit/session records dropped because the write-behind queue was full.",
         )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "authgate_connections_refused_total",
+                "Connections on the public listener refused or cut off, by reason (per_ip, global, header_timeout, header_too_large).",
+            ),
+            &["reason"],
+        )?;
+        // Every reason is exported from the start, at zero.
+        for reason in ConnectionRefusal::ALL {
+            connections_refused.with_label_values(&[reason.label()]);
+        }
+        let open_connections = IntGauge::new(
+            "authgate_open_connections",
+            "Client connections open on the public listener now.",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(active_sessions.clone()))?;
         registry.register(Box::new(session_anomalies.clone()))?;
         registry.register(Box::new(write_behind_dropped.clone()))?;
@@ -187,6 +239,8 @@ impl Metrics {
             active_sessions,
             session_anomalies,
             write_behind_dropped,
+            connections_refused,
+            open_connections,
         })
     }
 
@@ -259,6 +313,20 @@ impl Metrics {
 
     pub fn write_behind_dropped(&self) {
         self.write_behind_dropped.inc();
+    }
+
+    pub fn connection_refused(&self, reason: ConnectionRefusal) {
+        self.connections_refused
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
     }
 
     /// The Prometheus text exposition of every series.

@@ -6,7 +6,7 @@
 //! Guarantee (SPEC §5): a state-changing `/auth` request (POST/DELETE) whose `Origin` (or, with
 //! no Origin, `Referer`) is not the configured public origin gets 403 `csrf_failed`; a form
 //! post needs a `csrf_token` field equal to the `authgate_csrf` cookie (double submit), or it
-//! gets the 403 "This form has expired" page; and a refused request changes nothing.
+//! gets the 403 "This form was refused" page, which says why; and a refused request changes nothing.
 
 mod common;
 
@@ -64,7 +64,7 @@ async fn send(
     gateway.request(method, path, None, &all, body).await
 }
 
-/// Asserts the HTML "form expired" refusal a browser sees for a forged form post.
+/// Asserts the HTML "form refused" page a browser sees for a forged form post.
 async fn assert_form_refused(response: reqwest::Response, what: &str) {
     let status = response.status().as_u16();
     let content_type = header(&response, "content-type")
@@ -81,7 +81,7 @@ async fn assert_form_refused(response: reqwest::Response, what: &str) {
         "{what}: content-type {content_type}"
     );
     assert!(
-        body.contains("This form has expired"),
+        body.contains("This form was refused"),
         "{what}: not the form-expired page: {body}"
     );
 }
@@ -130,21 +130,12 @@ async fn victim_with_two_sessions(gateway: &Gateway) -> (SignedIn, String, Strin
 }
 
 async fn user_count(gateway: &Gateway) -> i64 {
-    let mut db = gateway.db().await;
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM users")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    count
+    gateway.count("SELECT count(*) FROM users", &[]).await
 }
 
-async fn live_session_count(gateway: &Gateway) -> usize {
-    redis_keys(
-        &base_redis_url(),
-        &format!("{}session:", gateway.redis_prefix),
-    )
-    .await
-    .len()
+/// Every session ever started: a login writes the session's record before it answers.
+async fn session_count(gateway: &Gateway) -> i64 {
+    gateway.count("SELECT count(*) FROM sessions", &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +446,7 @@ async fn login_csrf_cannot_sign_the_victim_into_the_attackers_account() {
     gateway.register(&attacker_email, &attacker_password).await;
     let attacker_csrf = csrf_token(&gateway).await;
     let victim_csrf = csrf_token(&gateway).await;
-    let sessions_before = live_session_count(&gateway).await;
+    let sessions_before = session_count(&gateway).await;
 
     let credentials = [
         ("email", attacker_email.as_str()),
@@ -511,7 +502,7 @@ async fn login_csrf_cannot_sign_the_victim_into_the_attackers_account() {
     assert!(session_cookie(&response).is_none());
     assert_csrf_failed(response, "JSON sign-in from evil.example").await;
     assert_eq!(
-        live_session_count(&gateway).await,
+        session_count(&gateway).await,
         sessions_before,
         "a forged sign-in created a session"
     );
@@ -584,4 +575,34 @@ async fn look_alike_origins_and_referers_are_refused() {
     // The real origin works (and signs out).
     let response = gateway.logout(Some(&victim.token)).await;
     assert_eq!(response.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_origin_is_named_with_the_expected_one() {
+    let gateway = Gateway::start().await;
+    for accept in ["application/json", "text/html"] {
+        let response = gateway
+            .request(
+                "POST",
+                "/auth/login",
+                None,
+                &[("Origin", "http://127.0.0.9:1234"), ("Accept", accept)],
+                Some((
+                    "application/x-www-form-urlencoded",
+                    b"email=a%40b.c&password=whatever1".to_vec(),
+                )),
+            )
+            .await;
+        assert_eq!(response.status(), 403);
+        let body = response.text().await.unwrap();
+        assert!(
+            body.contains("http://127.0.0.9:1234") && body.contains(&gateway.public_origin()),
+            "the refusal names the origin received and the one expected: {body}"
+        );
+    }
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("http://127.0.0.9:1234"),
+        "the log line names it too"
+    );
 }

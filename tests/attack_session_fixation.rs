@@ -115,15 +115,17 @@ async fn a_made_up_token_is_never_adopted() {
         );
         assert_eq!(gateway.get("/app", Some(&issued)).await.status(), 200);
     }
-    // Nothing under the invented values' hashes was stored either.
-    let keys = redis_keys(&base_redis_url(), &gateway.redis_prefix).await;
+    // Nothing under the invented values' hashes was stored either (Redis keys and values,
+    // database rows and, on the embedded pair, the SQLite file's bytes).
+    let dump = gateway.store_dump().await;
     for planted in &invented {
         let digest = sha256_hex(planted);
-        assert!(
-            keys.iter()
-                .all(|key| !key.contains(&digest) && !key.contains(planted.as_str())),
-            "a key for the invented token exists: {keys:?}"
-        );
+        for (place, text) in &dump {
+            assert!(
+                !text.contains(&digest) && !text.contains(planted.as_str()),
+                "the invented token {planted:?} is stored in {place}: {text}"
+            );
+        }
     }
 }
 

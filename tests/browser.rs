@@ -223,14 +223,11 @@ async fn visitor_is_sent_to_sign_in_registers_signs_in_and_lands_on_the_original
             assert_eq!(me["user"]["id"], json!(forwarded_user), "{me}");
             assert_eq!(me["user"]["username"], json!(username), "{me}");
             assert_eq!(me["user"]["full_name"], json!("Ada Lovelace"), "{me}");
-            let mut db = gateway.db().await;
-            let (stored,): (String,) =
-                sqlx::query_as("SELECT id::text FROM users WHERE email = $1")
-                    .bind(&email)
-                    .fetch_one(&mut db)
-                    .await
-                    .expect("the registered user is in Postgres");
-            assert_eq!(stored, forwarded_user);
+            let stored = gateway
+                .query_one("SELECT id FROM users WHERE email = $1", &[(&email).into()])
+                .await
+                .text("id");
+            assert_eq!(stored, forwarded_user, "the registered user's stored id");
         },
     )
     .await;

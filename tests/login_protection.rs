@@ -123,3 +123,27 @@ async fn one_ip_gets_only_max_attempts_per_ip_failed_logins() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_says_which_limit_refused_it() {
+    let gateway = GatewayOptions::new()
+        .login_protection(2, "15m", "15m", 3)
+        .start()
+        .await;
+    let user = gateway.signed_in_user().await;
+    for _ in 0..2 {
+        login_attempt(&gateway, &user.email, "wrong-password").await;
+    }
+    let locked = json_body(login_attempt(&gateway, &user.email, "wrong-password").await).await;
+    let message = locked["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(locked["error"]["code"], "account_locked");
+    assert!(message.contains("this account"), "{message}");
+    // The address has used its three attempts: the next one names the per-address limit.
+    let other = json_body(login_attempt(&gateway, &unique_email(), "wrong-password").await).await;
+    let message = other["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(other["error"]["code"], "rate_limited");
+    assert!(
+        message.contains("your network") && message.contains("max_attempts_per_ip"),
+        "{message}"
+    );
+}

@@ -203,14 +203,31 @@ async fn metrics_are_not_served_on_the_public_listener() {
 async fn healthz_and_readyz_are_200_when_both_stores_are_up() {
     let gateway = Gateway::start().await;
     assert_eq!(gateway.admin_get("/healthz").await.status(), 200);
-    eventually(Duration::from_secs(10), "/readyz 200", || async {
-        (gateway.admin_get("/readyz").await.status() == 200).then_some(())
+    let ready = eventually(Duration::from_secs(10), "/readyz 200", || async {
+        let response = gateway.admin_get("/readyz").await;
+        if response.status() != 200 {
+            return None;
+        }
+        Some(json_body(response).await)
     })
     .await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["session_store"], "ok", "{ready}");
+    assert_eq!(ready["database"], "ok", "{ready}");
+    // /readyz names the backends of the pair the gateway runs on.
+    let (sessions, database) = on_pair(("redis", "postgres"), ("memory", "sqlite"));
+    assert_eq!(ready["session_store_backend"], sessions, "{ready}");
+    assert_eq!(ready["database_backend"], database, "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_the_gateway_starts_but_is_not_ready_and_fails_closed() {
+    if !require_backend(
+        Backend::Production,
+        "cuts Redis off (the embedded pair's session store is in the process)",
+    ) {
+        return;
+    }
     // A cookie exactly like a real one, minted by a healthy gateway.
     let donor = Gateway::start().await;
     let real_shaped_token = donor.signed_in_user().await.token;
@@ -263,6 +280,12 @@ async fn assert_fails_closed(response: reqwest::Response) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_fails_closed_and_its_return_recovers_without_a_restart() {
+    if !require_backend(
+        Backend::Production,
+        "cuts Redis off (the embedded pair's session store is in the process)",
+    ) {
+        return;
+    }
     let redis = TcpForwarder::to_redis().await;
     let gateway = GatewayOptions::new()
         .redis_url(&redis.redis_url())
@@ -622,6 +645,12 @@ async fn sigterm_stops_the_gateway_within_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
+    if !require_backend(
+        Backend::Production,
+        "cuts Postgres off (the embedded pair's database is a local file)",
+    ) {
+        return;
+    }
     // SPEC §8: the proxied hot path never touches Postgres; login and register need it.
     let postgres = TcpForwarder::to_postgres().await;
     let gateway = GatewayOptions::new()

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 /// Every identity header a client might forge; the gateway must strip them all.
@@ -428,4 +430,38 @@ async fn a_slow_upstream_gets_504_upstream_timeout() {
     );
     // Other routes are unaffected.
     assert_eq!(gateway.get("/fast", None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_host_names_are_resolved_at_run_time() {
+    let echo = EchoServer::start().await;
+    let upstream = format!("localhost:{}", echo.addr.port());
+    let gateway = GatewayOptions::new()
+        .routes(vec![RouteSpec::public("/", Upstream::Addr(upstream))])
+        .start()
+        .await;
+    let response = eventually(Duration::from_secs(10), "the name is looked up", || async {
+        let response = gateway.get("/x", None).await;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    assert_eq!(echoed(response).await.path, "/x");
+}
+
+#[test]
+fn check_needs_no_network_for_upstream_names() {
+    let output =
+        run_check("[[route]]\nprefix = \"/\"\nupstreams = [\"app.does-not-exist.invalid:8080\"]\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = run_check("[[route]]\nprefix = \"/\"\nupstreams = [\"http://127.0.0.1:3000\"]\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("without a scheme") && stderr.contains("route[0].upstreams[0]"),
+        "{stderr}"
+    );
 }

@@ -171,76 +171,78 @@ async fn the_raw_token_is_never_stored_only_its_sha256() {
     let user = gateway.signed_in_user().await;
     assert_eq!(status_of(&gateway, "/anything", &user.token).await, 200);
 
-    let redis = gateway.redis_dump().await;
-    assert!(
-        !redis.is_empty(),
-        "no Redis keys under {}: are live sessions kept in Redis?",
-        gateway.redis_prefix
-    );
-    for (key, value) in &redis {
-        assert!(!key.contains(&user.token), "token in Redis key {key}");
+    if only_on(
+        Backend::Production,
+        "the live session's Redis keys (the embedded pair keeps live sessions in the process)",
+    ) {
+        let redis = gateway.redis_dump().await;
         assert!(
-            !value.contains(&user.token),
-            "token in Redis value of {key}: {value}"
+            !redis.is_empty(),
+            "no Redis keys under {}: are live sessions kept in Redis?",
+            gateway.redis_prefix
+        );
+        for (key, value) in &redis {
+            assert!(!key.contains(&user.token), "token in Redis key {key}");
+            assert!(
+                !value.contains(&user.token),
+                "token in Redis value of {key}: {value}"
+            );
+        }
+    }
+
+    // Every database row, and on the embedded pair the SQLite file's bytes.
+    for (place, text) in gateway.store_dump().await {
+        assert!(
+            !text.contains(&user.token),
+            "token stored in {place}: {text}"
         );
     }
 
-    let rows = gateway.postgres_dump().await;
-    for (table, row) in &rows {
-        assert!(
-            !row.contains(&user.token),
-            "token stored in Postgres table {table}: {row}"
-        );
-    }
-
-    let mut db = gateway.db().await;
-    let sessions: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT token_hash::text, status::text, user_id::text FROM sessions WHERE user_id::text = $1",
-    )
-    .bind(&user.id)
-    .fetch_all(&mut db)
-    .await
-    .expect("query sessions");
+    let sessions = gateway
+        .query(
+            "SELECT token_hash, status FROM sessions WHERE user_id = $1",
+            &[uuid_bind(&user.id)],
+        )
+        .await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
-    let (token_hash, status, _) = &sessions[0];
-    assert_eq!(token_hash, &sha256_hex(&user.token));
-    assert_eq!(status, "active");
+    assert_eq!(sessions[0].text("token_hash"), sha256_hex(&user.token));
+    assert_eq!(sessions[0].text("status"), "active");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_marks_the_postgres_session_logged_out() {
+async fn logout_marks_the_session_record_logged_out() {
     let gateway = Gateway::start().await;
     let user = gateway.signed_in_user().await;
     let logout = gateway.logout(Some(&user.token)).await;
     assert_eq!(logout.status(), 204);
 
     let token_hash = sha256_hex(&user.token);
-    let mut db = gateway.db().await;
-    let mut last = None;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT status::text, user_id::text FROM sessions WHERE token_hash = $1",
-        )
-        .bind(&token_hash)
-        .fetch_optional(&mut db)
-        .await
-        .expect("query sessions");
-        if row
-            .as_ref()
-            .is_some_and(|(status, _)| status == "logged_out")
-        {
-            assert_eq!(row.unwrap().1, user.id);
-            return;
-        }
-        last = row;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("sessions row for the token is {last:?}, want status 'logged_out'");
+    let row = eventually(
+        Duration::from_secs(5),
+        "the session record for the token to be 'logged_out'",
+        || async {
+            let row = gateway
+                .query_opt(
+                    "SELECT status, user_id FROM sessions WHERE token_hash = $1",
+                    &[token_hash.as_str().into()],
+                )
+                .await?;
+            (row.text("status") == "logged_out").then_some(row)
+        },
+    )
+    .await;
+    assert_eq!(row.text("user_id"), user.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_removes_the_live_session_from_redis() {
+    if !require_backend(
+        Backend::Production,
+        "reads Redis (the embedded pair keeps live sessions in the process, where a logout's \
+         effect is what the other logout tests check)",
+    ) {
+        return;
+    }
     let gateway = Gateway::start().await;
     let email = unique_email();
     let password = strong_password();
@@ -346,6 +348,9 @@ async fn a_login_beyond_the_session_cap_is_refused_with_409_under_the_reject_pol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_works_on_every_gateway_sharing_the_stores_and_revocation_is_immediate() {
+    if !require_backend(Backend::Production, "several instances share Redis") {
+        return;
+    }
     let a = Gateway::start().await;
     let b = GatewayOptions::new().sharing_stores_with(&a).start().await;
     let user = a.signed_in_user().await;
@@ -366,4 +371,133 @@ async fn gateways_with_separate_stores_do_not_share_sessions() {
     let user = a.signed_in_user().await;
     assert_eq!(status_of(&a, "/x", &user.token).await, 200);
     assert_eq!(status_of(&b, "/x", &user.token).await, 401);
+}
+
+/// A restart keeps accounts and session records on both pairs. Live sessions survive it only
+/// where they live outside the process (Redis); on the embedded pair a session open at the
+/// restart is gone: its cookie gets the same 401 as an expired one, the user signs in again,
+/// and the record is marked expired by the expiry job rather than left `active`. Login
+/// lockouts live beside the sessions and go the same way (README, differences between pairs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_accounts_and_records_and_live_sessions_only_outside_the_process() {
+    let mut gateway = GatewayOptions::new()
+        .login_protection(3, "15m", "15m", 1000)
+        .session_setting("expiry_check_interval = \"500ms\"")
+        .start()
+        .await;
+    let user = gateway.signed_in_user().await;
+    let session_id = json_body(gateway.get("/auth/user/me", Some(&user.token)).await).await
+        ["session"]["id"]
+        .as_str()
+        .expect("session.id")
+        .to_string();
+    let locked = unique_email();
+    let locked_password = strong_password();
+    gateway.register(&locked, &locked_password).await;
+    for i in 0..3 {
+        let response = login_attempt(&gateway, &locked, &format!("wrong-guess-{i}")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    assert_refused_429(
+        login_attempt(&gateway, &locked, &locked_password).await,
+        "account_locked",
+        15 * 60,
+    )
+    .await;
+
+    gateway.restart().await;
+
+    // Accounts are durable on both pairs.
+    let fresh = gateway.login(&user.email, &user.password).await;
+    assert_eq!(status_of(&gateway, "/x", &fresh).await, 200);
+    match backend() {
+        Backend::Production => {
+            assert_eq!(
+                status_of(&gateway, "/x", &user.token).await,
+                200,
+                "a live session in Redis survives a restart"
+            );
+            assert_refused_429(
+                login_attempt(&gateway, &locked, &locked_password).await,
+                "account_locked",
+                15 * 60,
+            )
+            .await;
+        }
+        Backend::Embedded => {
+            let response = gateway
+                .get_with("/x", Some(&user.token), &[("Accept", "application/json")])
+                .await;
+            assert_json_error(response, 401, "unauthenticated").await;
+            let row = eventually(
+                Duration::from_secs(15),
+                "the record of the session lost at the restart to be marked expired",
+                || async {
+                    let row = gateway
+                        .query_one(
+                            "SELECT status, end_reason, ended_at FROM sessions WHERE id = $1",
+                            &[uuid_bind(&session_id)],
+                        )
+                        .await;
+                    (row.text("status") != "active").then_some(row)
+                },
+            )
+            .await;
+            // The expiry job cannot tell a restart from idleness: the record was live, the
+            // session is gone before its absolute expiry.
+            assert_eq!(row.text("status"), "expired", "{row:?}");
+            assert_eq!(row.opt_text("end_reason").as_deref(), Some("idle_timeout"));
+            assert!(row.opt_time("ended_at").is_some(), "{row:?}");
+            // The lockout was in the process too.
+            gateway.login(&locked, &locked_password).await;
+        }
+    }
+    // Either way the session list shows what works now, and the fresh session's record is
+    // active.
+    let list = json_body(gateway.get("/auth/user/sessions", Some(&fresh)).await).await;
+    let expected = backend().pick(2, 1);
+    assert_eq!(list["total_active_sessions"], expected, "{list}");
+    let active = gateway
+        .count(
+            "SELECT count(*) FROM sessions WHERE user_id = $1 AND status = 'active'",
+            &[uuid_bind(&user.id)],
+        )
+        .await;
+    assert_eq!(active, expected, "active session records after the restart");
+}
+
+/// The in-process session store is bounded by `storage.max_sessions`; one more sign-in gets
+/// 503 `session_store_full` and leaves no session behind, the open sessions keep working, and
+/// a logout makes room. Redis has no such setting (its own memory bounds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_session_store_refuses_sign_ins_beyond_storage_max_sessions() {
+    if !require_backend(
+        Backend::Embedded,
+        "storage.max_sessions bounds the in-process session store only",
+    ) {
+        return;
+    }
+    let gateway = Gateway::start_with_edited(GatewayOptions::new(), |config| {
+        config.replacen("[storage]\n", "[storage]\nmax_sessions = 2\n", 1)
+    })
+    .await;
+    let first = gateway.signed_in_user().await;
+    let second = gateway.signed_in_user().await;
+    let response = login_attempt(&gateway, &first.email, &first.password).await;
+    assert!(
+        session_cookie(&response).is_none(),
+        "a refused sign-in set a session cookie"
+    );
+    assert_json_error(response, 503, "session_store_full").await;
+    assert_eq!(status_of(&gateway, "/x", &first.token).await, 200);
+    assert_eq!(status_of(&gateway, "/x", &second.token).await, 200);
+    assert_eq!(
+        gateway.count("SELECT count(*) FROM sessions", &[]).await,
+        2,
+        "the refused sign-in left a session record"
+    );
+
+    assert_eq!(gateway.logout(Some(&second.token)).await.status(), 204);
+    let again = gateway.login(&first.email, &first.password).await;
+    assert_eq!(status_of(&gateway, "/x", &again).await, 200);
 }

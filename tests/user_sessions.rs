@@ -23,11 +23,11 @@ const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.
 /// How long anything written behind may take to reach Postgres (2 cores, tests in parallel).
 const WRITE_BEHIND: Duration = Duration::from_secs(15);
 
-/// An `auth_events` row: (session_id, host(ip), user_agent, detail).
+/// An `auth_events` row: (session_id, ip, user_agent, detail).
 type EventRow = (Option<Uuid>, Option<String>, Option<String>, Value);
 /// A `devices` row: (id, label, user_agent, first_seen, last_seen).
 type DeviceRow = (Uuid, String, String, DateTime<Utc>, DateTime<Utc>);
-/// An `ip_addresses` row: (id, host(address), location, first_seen, last_seen).
+/// An `ip_addresses` row: (id, address, location, first_seen, last_seen).
 type IpRow = (Uuid, String, Option<String>, DateTime<Utc>, DateTime<Utc>);
 /// Session created_at / last_activity, device first/last seen, IP first/last seen.
 type ActivityStamps = (
@@ -208,12 +208,13 @@ async fn change_password(
 
 /// `(status, end_reason)` of a session record, `None` if there is no such row.
 async fn session_row(gateway: &Gateway, id: &str) -> Option<(String, Option<String>)> {
-    let mut db = gateway.db().await;
-    sqlx::query_as("SELECT status, end_reason FROM sessions WHERE id = $1")
-        .bind(uuid(id))
-        .fetch_optional(&mut db)
+    gateway
+        .query_opt(
+            "SELECT status, end_reason FROM sessions WHERE id = $1",
+            &[uuid(id).into()],
+        )
         .await
-        .unwrap()
+        .map(|row| (row.text("status"), row.opt_text("end_reason")))
 }
 
 /// Polls until the session record has `status`; returns its end_reason.
@@ -235,44 +236,45 @@ async fn wait_for_session_status(gateway: &Gateway, id: &str, status: &str) -> O
 
 /// How many `auth_events` of this kind (for this user, when given).
 async fn event_count(gateway: &Gateway, kind: &str, user_id: Option<&str>) -> i64 {
-    let mut db = gateway.db().await;
-    sqlx::query_scalar(
-        "SELECT count(*) FROM auth_events WHERE kind = $1 AND ($2::uuid IS NULL OR user_id = $2)",
-    )
-    .bind(kind)
-    .bind(user_id.map(uuid))
-    .fetch_one(&mut db)
-    .await
-    .unwrap()
+    gateway
+        .count(
+            "SELECT count(*) FROM auth_events WHERE kind = $1 AND ($2 IS NULL OR user_id = $2)",
+            &[kind.into(), user_id.map(uuid).into()],
+        )
+        .await
 }
 
 /// Polls until at least one `auth_events` row of `kind` exists for the user; returns the rows
-/// as `(session_id, host(ip), user_agent, detail)`.
+/// as `(session_id, ip, user_agent, detail)`.
 async fn wait_for_event(gateway: &Gateway, kind: &str, user_id: Option<&str>) -> Vec<EventRow> {
     let deadline = Instant::now() + WRITE_BEHIND;
     loop {
-        let mut db = gateway.db().await;
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT session_id, host(ip), user_agent, detail FROM auth_events \
-             WHERE kind = $1 AND ($2::uuid IS NULL OR user_id = $2) ORDER BY id",
-        )
-        .bind(kind)
-        .bind(user_id.map(uuid))
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+        let rows: Vec<EventRow> = gateway
+            .query(
+                "SELECT session_id, ip, user_agent, detail FROM auth_events \
+                 WHERE kind = $1 AND ($2 IS NULL OR user_id = $2) ORDER BY id",
+                &[kind.into(), user_id.map(uuid).into()],
+            )
+            .await
+            .iter()
+            .map(|row| {
+                (
+                    row.opt_uuid("session_id"),
+                    row.opt_text("ip"),
+                    row.opt_text("user_agent"),
+                    row.json("detail"),
+                )
+            })
+            .collect();
         if !rows.is_empty() {
             return rows;
         }
         if Instant::now() >= deadline {
-            let mut db = gateway.db().await;
-            let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM auth_events ORDER BY id")
-                .fetch_all(&mut db)
-                .await
-                .unwrap();
+            let kinds = gateway
+                .texts("SELECT kind FROM auth_events ORDER BY id", &[])
+                .await;
             panic!(
-                "no auth_events row of kind {kind:?} (user {user_id:?}) within {WRITE_BEHIND:?}; kinds present: {:?}",
-                kinds.into_iter().map(|(k,)| k).collect::<Vec<_>>()
+                "no auth_events row of kind {kind:?} (user {user_id:?}) within {WRITE_BEHIND:?}; kinds present: {kinds:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -322,14 +324,21 @@ async fn the_schema_has_devices_ips_sessions_and_auth_events_linked_by_foreign_k
     let gateway = options().start().await;
     let mut db = gateway.db().await;
 
-    let columns: Vec<(String, String)> = sqlx::query_as(
-        "SELECT table_name::text, column_name::text FROM information_schema.columns \
-         WHERE table_schema = 'public'",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    let columns: BTreeSet<(String, String)> = columns.into_iter().collect();
+    // The catalogs differ: Postgres's information_schema and pg_constraint, SQLite's pragmas.
+    let columns: BTreeSet<(String, String)> = db
+        .query(
+            on_pair(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns \
+                 WHERE table_schema = 'public'",
+                "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+                 WHERE m.type = 'table'",
+            ),
+            &[],
+        )
+        .await
+        .iter()
+        .map(|row| (row.text(0), row.text(1)))
+        .collect();
     let expected: &[(&str, &[&str])] = &[
         (
             "devices",
@@ -394,16 +403,24 @@ async fn the_schema_has_devices_ips_sessions_and_auth_events_linked_by_foreign_k
     }
 
     // Foreign keys: (table, column) -> referenced table.
-    let fks: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT c.conrelid::regclass::text, a.attname::text, c.confrelid::regclass::text \
-         FROM pg_constraint c \
-         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
-         WHERE c.contype = 'f'",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    let fks: BTreeSet<(String, String, String)> = fks.into_iter().collect();
+    let fks: BTreeSet<(String, String, String)> = db
+        .query(
+            on_pair(
+                "SELECT c.conrelid::regclass::text, a.attname::text, \
+                        c.confrelid::regclass::text \
+                 FROM pg_constraint c \
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
+                 WHERE c.contype = 'f'",
+                "SELECT m.name, f.\"from\", f.\"table\" \
+                 FROM sqlite_master m, pragma_foreign_key_list(m.name) f \
+                 WHERE m.type = 'table'",
+            ),
+            &[],
+        )
+        .await
+        .iter()
+        .map(|row| (row.text(0), row.text(1), row.text(2)))
+        .collect();
     for (table, column, target) in [
         ("sessions", "user_id", "users"),
         ("sessions", "device_id", "devices"),
@@ -418,14 +435,25 @@ async fn the_schema_has_devices_ips_sessions_and_auth_events_linked_by_foreign_k
         );
     }
 
-    // Uniqueness the data model promises.
-    let unique: Vec<(String, String)> = sqlx::query_as(
-        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint \
-         WHERE contype IN ('u', 'p')",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
+    // Uniqueness the data model promises, as (table, "UNIQUE (columns)").
+    let unique: Vec<(String, String)> = db
+        .query(
+            on_pair(
+                "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint \
+                 WHERE contype IN ('u', 'p')",
+                // A UNIQUE constraint is an index of origin 'u'; its columns in key order.
+                "SELECT m.name, 'UNIQUE (' || (SELECT group_concat(name, ', ') FROM \
+                        (SELECT ii.name FROM pragma_index_info(il.name) ii ORDER BY ii.seqno)) \
+                        || ')' \
+                 FROM sqlite_master m, pragma_index_list(m.name) il \
+                 WHERE m.type = 'table' AND il.origin = 'u'",
+            ),
+            &[],
+        )
+        .await
+        .iter()
+        .map(|row| (row.text(0), row.text(1)))
+        .collect();
     let has_unique = |table: &str, def: &str| {
         unique
             .iter()
@@ -451,12 +479,16 @@ async fn the_schema_has_devices_ips_sessions_and_auth_events_linked_by_foreign_k
         ("active", true),
         ("bogus", false),
     ] {
-        let result = sqlx::query("UPDATE sessions SET status = $2 WHERE id = $1")
-            .bind(uuid(&session.session_id))
-            .bind(status)
-            .execute(&mut db)
+        let result = db
+            .execute(
+                "UPDATE sessions SET status = $2 WHERE id = $1",
+                &[uuid(&session.session_id).into(), status.into()],
+            )
             .await;
         assert_eq!(result.is_ok(), ok, "status {status:?}: {result:?}");
+        if ok {
+            assert_eq!(result.ok(), Some(1), "status {status:?} updated no row");
+        }
     }
 }
 
@@ -479,13 +511,23 @@ async fn login_records_the_device_and_ip_and_links_them_from_the_session_record(
     assert_eq!(described["location"], "Local", "{described}");
 
     let mut db = gateway.db().await;
-    let devices: Vec<DeviceRow> = sqlx::query_as(
-        "SELECT id, label, user_agent, first_seen, last_seen FROM devices WHERE user_id = $1",
-    )
-    .bind(uuid(&account.id))
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
+    let devices: Vec<DeviceRow> = db
+        .query(
+            "SELECT id, label, user_agent, first_seen, last_seen FROM devices WHERE user_id = $1",
+            &[uuid(&account.id).into()],
+        )
+        .await
+        .iter()
+        .map(|row| {
+            (
+                row.uuid("id"),
+                row.text("label"),
+                row.text("user_agent"),
+                row.time("first_seen"),
+                row.time("last_seen"),
+            )
+        })
+        .collect();
     assert_eq!(devices.len(), 1, "{devices:?}");
     let (device_id, label, user_agent, first_seen, last_seen) = &devices[0];
     assert_eq!(label, "Firefox 128 on Linux");
@@ -497,14 +539,24 @@ async fn login_records_the_device_and_ip_and_links_them_from_the_session_record(
         );
     }
 
-    let ips: Vec<IpRow> = sqlx::query_as(
-        "SELECT id, host(address), location, first_seen, last_seen FROM ip_addresses \
-         WHERE user_id = $1",
-    )
-    .bind(uuid(&account.id))
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
+    let ips: Vec<IpRow> = db
+        .query(
+            "SELECT id, address, location, first_seen, last_seen FROM ip_addresses \
+             WHERE user_id = $1",
+            &[uuid(&account.id).into()],
+        )
+        .await
+        .iter()
+        .map(|row| {
+            (
+                row.uuid("id"),
+                row.text("address"),
+                row.opt_text("location"),
+                row.time("first_seen"),
+                row.time("last_seen"),
+            )
+        })
+        .collect();
     assert_eq!(ips.len(), 1, "{ips:?}");
     let (ip_id, address, location, first_seen, last_seen) = &ips[0];
     assert_eq!(address, "127.0.0.1");
@@ -516,19 +568,19 @@ async fn login_records_the_device_and_ip_and_links_them_from_the_session_record(
         );
     }
 
-    let (s_device, s_ip, s_location, s_status, s_hash): (
-        Option<Uuid>,
-        Option<Uuid>,
-        Option<String>,
-        String,
-        String,
-    ) = sqlx::query_as(
-        "SELECT device_id, ip_id, location, status, token_hash FROM sessions WHERE id = $1",
-    )
-    .bind(uuid(&session.session_id))
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
+    let row = db
+        .query_one(
+            "SELECT device_id, ip_id, location, status, token_hash FROM sessions WHERE id = $1",
+            &[uuid(&session.session_id).into()],
+        )
+        .await;
+    let (s_device, s_ip, s_location, s_status, s_hash) = (
+        row.opt_uuid("device_id"),
+        row.opt_uuid("ip_id"),
+        row.opt_text("location"),
+        row.text("status"),
+        row.text("token_hash"),
+    );
     assert_eq!(s_device, Some(*device_id), "sessions.device_id");
     assert_eq!(s_ip, Some(*ip_id), "sessions.ip_id");
     assert_eq!(s_location.as_deref(), Some("Local"));
@@ -541,23 +593,26 @@ async fn login_records_the_device_and_ip_and_links_them_from_the_session_record(
 
     // A second login from the same browser and address reuses both rows.
     let again = login_ua(&gateway, &account, FIREFOX).await;
-    let (d2, i2): (Option<Uuid>, Option<Uuid>) =
-        sqlx::query_as("SELECT device_id, ip_id FROM sessions WHERE id = $1")
-            .bind(uuid(&again.session_id))
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-    assert_eq!(d2, Some(*device_id));
-    assert_eq!(i2, Some(*ip_id));
-    let counts: (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM devices WHERE user_id = $1), \
-                (SELECT count(*) FROM ip_addresses WHERE user_id = $1)",
-    )
-    .bind(uuid(&account.id))
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(counts, (1, 1), "same device and IP must not be duplicated");
+    let row = db
+        .query_one(
+            "SELECT device_id, ip_id FROM sessions WHERE id = $1",
+            &[uuid(&again.session_id).into()],
+        )
+        .await;
+    assert_eq!(row.opt_uuid("device_id"), Some(*device_id));
+    assert_eq!(row.opt_uuid("ip_id"), Some(*ip_id));
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM devices WHERE user_id = $1), \
+                    (SELECT count(*) FROM ip_addresses WHERE user_id = $1)",
+            &[uuid(&account.id).into()],
+        )
+        .await;
+    assert_eq!(
+        (row.int(0), row.int(1)),
+        (1, 1),
+        "same device and IP must not be duplicated"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1041,15 +1096,16 @@ async fn twenty_concurrent_logins_leave_exactly_five_live_sessions() {
     // Postgres agrees once the evictions are written behind: 5 active, 15 evicted.
     let deadline = Instant::now() + WRITE_BEHIND;
     loop {
-        let mut db = gateway.db().await;
-        let counts: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-            "SELECT status, end_reason, count(*) FROM sessions WHERE user_id = $1 \
-             GROUP BY status, end_reason ORDER BY status",
-        )
-        .bind(uuid(&account.id))
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+        let counts: Vec<(String, Option<String>, i64)> = gateway
+            .query(
+                "SELECT status, end_reason, count(*) FROM sessions WHERE user_id = $1 \
+                 GROUP BY status, end_reason ORDER BY status",
+                &[uuid(&account.id).into()],
+            )
+            .await
+            .iter()
+            .map(|row| (row.text(0), row.opt_text(1), row.int(2)))
+            .collect();
         let expected = vec![
             ("active".to_string(), None, 5),
             ("revoked".to_string(), Some("evicted".to_string()), 15),
@@ -1142,12 +1198,12 @@ async fn under_the_reject_policy_a_login_beyond_the_cap_is_409_and_nothing_is_ev
     assert_session_status(&gateway, &second.token, 200, "second session").await;
     let (_, list) = list_sessions(&gateway, &first.token, &[]).await;
     assert_eq!(list["total_active_sessions"], 2);
-    let mut db = gateway.db().await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = $1")
-        .bind(uuid(&account.id))
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    let rows = gateway
+        .count(
+            "SELECT count(*) FROM sessions WHERE user_id = $1",
+            &[uuid(&account.id).into()],
+        )
+        .await;
     assert_eq!(rows, 2, "a refused login leaves no session record");
 
     // After a logout there is room again.
@@ -1294,17 +1350,23 @@ async fn session_activity_and_device_last_seen_reach_postgres_within_the_flush_i
 
     let deadline = Instant::now() + WRITE_BEHIND;
     loop {
-        let mut db = gateway.db().await;
-        let (created, last, d_first, d_last, i_first, i_last): ActivityStamps = sqlx::query_as(
-            "SELECT s.created_at, s.last_activity, d.first_seen, d.last_seen, \
-                    i.first_seen, i.last_seen \
-             FROM sessions s JOIN devices d ON d.id = s.device_id \
-             JOIN ip_addresses i ON i.id = s.ip_id WHERE s.id = $1",
-        )
-        .bind(uuid(&session.session_id))
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+        let row = gateway
+            .query_one(
+                "SELECT s.created_at, s.last_activity, d.first_seen, d.last_seen, \
+                        i.first_seen, i.last_seen \
+                 FROM sessions s JOIN devices d ON d.id = s.device_id \
+                 JOIN ip_addresses i ON i.id = s.ip_id WHERE s.id = $1",
+                &[uuid(&session.session_id).into()],
+            )
+            .await;
+        let (created, last, d_first, d_last, i_first, i_last): ActivityStamps = (
+            row.time(0),
+            row.time(1),
+            row.time(2),
+            row.time(3),
+            row.time(4),
+            row.time(5),
+        );
         let second = chrono::Duration::seconds(1);
         let done =
             last >= created + second && d_last >= d_first + second && i_last >= i_first + second;
@@ -1338,13 +1400,13 @@ async fn with_the_default_flush_interval_activity_is_not_written_on_the_request_
         );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut db = gateway.db().await;
-    let (created, last): (DateTime<Utc>, DateTime<Utc>) =
-        sqlx::query_as("SELECT created_at, last_activity FROM sessions WHERE id = $1")
-            .bind(uuid(&session.session_id))
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
+    let row = gateway
+        .query_one(
+            "SELECT created_at, last_activity FROM sessions WHERE id = $1",
+            &[uuid(&session.session_id).into()],
+        )
+        .await;
+    let (created, last) = (row.time("created_at"), row.time("last_activity"));
     assert_eq!(
         last, created,
         "last_activity was written within 3s although activity_flush_interval is 60s"
@@ -1384,13 +1446,13 @@ async fn an_idle_session_is_marked_expired_by_the_expiry_job() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(reason.as_deref(), Some("idle_timeout"));
-    let mut db = gateway.db().await;
-    let ended: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT ended_at FROM sessions WHERE id = $1")
-            .bind(uuid(&session.session_id))
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
+    let ended = gateway
+        .query_one(
+            "SELECT ended_at FROM sessions WHERE id = $1",
+            &[uuid(&session.session_id).into()],
+        )
+        .await
+        .opt_time("ended_at");
     assert!(ended.is_some(), "an expired record has ended_at");
     assert_eq!(
         get_status(&gateway, "/auth/user/me", &session.token, None).await,
@@ -1570,7 +1632,7 @@ async fn the_audit_trail_records_the_session_lifecycle() {
     }
 
     // No event anywhere carries a token.
-    let dump = gateway.postgres_dump().await;
+    let dump = gateway.database_dump().await;
     for login in [&a, &b, &c, &d] {
         for (table, row) in &dump {
             if table == "auth_events" {
@@ -2054,15 +2116,21 @@ async fn evicted_sessions_are_never_recorded_as_expired_by_a_concurrent_expiry_p
     // Wait until every earlier record has ended, however it was labelled.
     let deadline = Instant::now() + WRITE_BEHIND;
     let rows = loop {
-        let mut db = gateway.db().await;
-        let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, status, end_reason FROM sessions WHERE user_id = $1 AND id <> $2",
-        )
-        .bind(uuid(&account.id))
-        .bind(uuid(&last))
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+        let rows: Vec<(Uuid, String, Option<String>)> = gateway
+            .query(
+                "SELECT id, status, end_reason FROM sessions WHERE user_id = $1 AND id <> $2",
+                &[uuid(&account.id).into(), uuid(&last).into()],
+            )
+            .await
+            .iter()
+            .map(|row| {
+                (
+                    row.uuid("id"),
+                    row.text("status"),
+                    row.opt_text("end_reason"),
+                )
+            })
+            .collect();
         if rows.len() == 39 && rows.iter().all(|(_, status, _)| status != "active") {
             break rows;
         }

@@ -13,8 +13,8 @@
 use http::{HeaderMap, Method};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
 use super::input::Fields;
+use crate::error::ApiError;
 
 pub const CSRF_COOKIE: &str = "authgate_csrf";
 pub const CSRF_FIELD: &str = "csrf_token";
@@ -47,9 +47,16 @@ impl CsrfPolicy {
             (None, None) => None,
         };
         match source {
-            Some(origin) if !self.origins.contains(&origin) => Err(ApiError::Forbidden(
-                "cross-site request refused: Origin/Referer does not match the gateway".to_string(),
-            )),
+            Some(origin) if !self.origins.contains(&origin) => Err(ApiError::Forbidden(format!(
+                "cross-site request refused: it came from {}, but this gateway is configured \
+                 for {} (server.public_origin)",
+                if origin.is_empty() {
+                    "an unknown origin"
+                } else {
+                    &origin
+                },
+                self.origins.join(", ")
+            ))),
             _ => Ok(()),
         }
     }

@@ -5,14 +5,16 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::error::ApiError;
 use super::input::{self, Fields};
 use super::{AuthApi, AuthRequest, AuthResponse};
+use crate::error::ApiError;
 use std::time::Duration;
 
 use crate::limits::login::{Outcome, Refusal};
-use crate::session::{LiveSession, Login, Lookup, SessionData, SessionToken, Started};
-use crate::store::{AuthEvent, Credentials, NewUser, SessionEnd, SessionRecord, User};
+use crate::session::{
+    EndReason, LiveSession, Login, Lookup, SessionData, SessionToken, Start, Started,
+};
+use crate::store::{AuditKind, AuthEvent, Credentials, NewUser, SessionRecord, User};
 use crate::telemetry::Decision;
 
 impl AuthApi {
@@ -21,11 +23,12 @@ impl AuthApi {
         self.metrics.registration(match &result {
             Ok(_) => "created",
             Err(ApiError::Conflict(_)) => "conflict",
+            Err(ApiError::RegistrationsFromAddress(_)) => "rate_limited",
             Err(ApiError::Unavailable(_)) => "unavailable",
             Err(_) => "invalid",
         });
         let user = result?;
-        self.audit(request, "register", Some(user.id), None, json!({}));
+        self.audit(request, AuditKind::Register, Some(user.id), None, json!({}));
         Ok(AuthResponse::json(201, &json!({ "user": user })))
     }
 
@@ -41,7 +44,20 @@ impl AuthApi {
             .map(input::check_full_name)
             .transpose()?;
         self.require_database()?;
-        let password_hash = self.hasher.hash(password.to_string()).await?;
+        // Every well-formed attempt counts, before any bcrypt work.
+        if let Some(wait) = self
+            .login_protection
+            .begin_registration(request.client_ip)
+            .await?
+        {
+            self.metrics.decision(Decision::RateLimited);
+            return Err(ApiError::RegistrationsFromAddress(wait));
+        }
+        // Registrations take a back seat to sign-ins on the bcrypt pool.
+        let password_hash = self
+            .hasher
+            .hash_for_registration(password.to_string())
+            .await?;
         let user = self
             .records
             .create_user(&NewUser {
@@ -61,8 +77,9 @@ impl AuthApi {
             Err(ApiError::InvalidCredentials) => "failure",
             Err(ApiError::AccountDisabled) => "disabled",
             Err(ApiError::SessionLimit(_)) => "session_limit",
+            Err(ApiError::CredentialsChanged) => "credentials_changed",
             Err(ApiError::Locked(_)) => "locked",
-            Err(ApiError::RateLimited(_)) => "rate_limited",
+            Err(ApiError::RateLimited(_) | ApiError::LoginAttemptsFromAddress(_)) => "rate_limited",
             Err(ApiError::Unavailable(_)) => "unavailable",
             Err(_) => "invalid",
         });
@@ -80,13 +97,19 @@ impl AuthApi {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
         let email = input::normalize_email(fields.required("email")?)?;
         let password = fields.required("password")?;
-        let credentials = self
-            .check_password(request, &email, password, "login_failed")
+        let Checked { credentials, epoch } = self
+            .check_password(request, &email, password, AuditKind::LoginFailed)
             .await?;
         let now = Utc::now();
         if !credentials.is_active {
             return Err(ApiError::AccountDisabled);
         }
+        // bcrypt took a while. A revoke-all since the epoch was read (before the check) makes
+        // the store refuse the session below. A password change is revoke-all, new hash,
+        // revoke-all: if it stored its hash since the check read the old one, this re-read
+        // sees it; if not, its second bump comes after our epoch read, so the session is
+        // refused, or made just before that bump and ended by it.
+        self.still_current(request, &email, &credentials).await?;
 
         // No session fixation: whatever session the client came with is ended.
         self.end_presented_session(request).await;
@@ -117,13 +140,24 @@ impl AuthApi {
             ip_id: Some(ip_id),
             location: location.clone(),
         };
-        let started = self
-            .sessions
-            .start(login, now)
-            .await?
-            .ok_or(ApiError::SessionLimit(
-                self.sessions.config().max_sessions_per_user,
-            ))?;
+        let started = match self.sessions.start(login, now, epoch).await? {
+            Start::Started(started) => started,
+            Start::LimitReached => {
+                return Err(ApiError::SessionLimit(
+                    self.sessions.config().max_sessions_per_user,
+                ))
+            }
+            Start::CredentialsChanged => {
+                self.audit(
+                    request,
+                    AuditKind::LoginCredentialsChanged,
+                    Some(user.id),
+                    None,
+                    json!({ "reason": "sessions_revoked" }),
+                );
+                return Err(ApiError::CredentialsChanged);
+            }
+        };
         // Evicted sessions are gone whatever happens next: record them now.
         self.record_evictions(request, &started);
         let record = SessionRecord {
@@ -140,17 +174,19 @@ impl AuthApi {
         };
         if let Err(error) = self.records.insert_session(&record).await {
             // Without its durable record the session must not exist either.
-            if let Err(cleanup) = self.sessions.end(&started.data).await {
+            if let Err(cleanup) = self.sessions.discard(&started.data).await {
                 tracing::warn!(error = %cleanup, "cannot undo session after database failure");
             }
             return Err(error.into());
         }
+        // Evicted or revoked before its record existed: make sure the record says so.
+        self.sessions.recorded(started.data.id);
         if let Err(error) = self.records.record_login(user.id, now).await {
             tracing::warn!(%error, "cannot stamp last_login");
         }
         self.audit(
             request,
-            "login_ok",
+            AuditKind::LoginOk,
             Some(user.id),
             Some(started.data.id),
             json!({}),
@@ -160,6 +196,38 @@ impl AuthApi {
             ..user
         };
         Ok((user, started))
+    }
+
+    /// Refuses a login whose verified credentials are no longer the account's: the password
+    /// hash changed (or the account is gone) since the check read it, or it was disabled.
+    async fn still_current(
+        &self,
+        request: &AuthRequest,
+        email: &str,
+        checked: &Credentials,
+    ) -> Result<(), ApiError> {
+        let now = self.records.credentials_by_email(email).await?;
+        match now {
+            Some(now)
+                if now.user.id == checked.user.id && now.password_hash == checked.password_hash =>
+            {
+                if now.is_active {
+                    Ok(())
+                } else {
+                    Err(ApiError::AccountDisabled)
+                }
+            }
+            _ => {
+                self.audit(
+                    request,
+                    AuditKind::LoginCredentialsChanged,
+                    Some(checked.user.id),
+                    None,
+                    json!({ "reason": "password_changed" }),
+                );
+                Err(ApiError::CredentialsChanged)
+            }
+        }
     }
 
     /// Checks an account's password under the brute-force protection shared by login and
@@ -172,8 +240,8 @@ impl AuthApi {
         request: &AuthRequest,
         email: &str,
         password: &str,
-        failure_event: &'static str,
-    ) -> Result<Credentials, ApiError> {
+        failure_event: AuditKind,
+    ) -> Result<Checked, ApiError> {
         match self
             .login_protection
             .begin(email, request.client_ip)
@@ -185,7 +253,7 @@ impl AuthApi {
             }
             Some(Refusal::TooManyFromIp(wait)) => {
                 self.metrics.decision(Decision::RateLimited);
-                return Err(ApiError::RateLimited(wait));
+                return Err(ApiError::LoginAttemptsFromAddress(wait));
             }
             Some(Refusal::Busy) => return Err(ApiError::RateLimited(Duration::from_secs(1))),
             None => {}
@@ -203,7 +271,7 @@ impl AuthApi {
             .inspect_err(|error| tracing::warn!(%error, "cannot settle the password check"))
             .unwrap_or(None);
         match verdict? {
-            Verdict::Correct(credentials) => Ok(credentials),
+            Verdict::Correct(checked) => Ok(checked),
             Verdict::Wrong { user_id } => {
                 if let Some(user_id) = user_id {
                     if let Err(error) = self.records.record_failed_login(user_id, Utc::now()).await
@@ -215,7 +283,7 @@ impl AuthApi {
                 if let Some(lockout) = lockout {
                     self.audit(
                         request,
-                        "locked",
+                        AuditKind::Locked,
                         user_id,
                         None,
                         json!({ "lockout_seconds": lockout.as_secs() }),
@@ -226,10 +294,16 @@ impl AuthApi {
         }
     }
 
-    /// One bcrypt verification, against a dummy hash when there is no such account.
+    /// One bcrypt verification, against a dummy hash when there is no such account. The
+    /// account's credential epoch is read after its hash and before the check (for a missing
+    /// account a nil user's, so both cases make the same calls).
     async fn verify_password(&self, email: &str, password: &str) -> Result<Verdict, ApiError> {
         self.require_database()?;
         let credentials = self.records.credentials_by_email(email).await?;
+        let epoch = self
+            .sessions
+            .credential_epoch(credentials.as_ref().map_or(Uuid::nil(), |c| c.user.id))
+            .await?;
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
         let password_ok = password.len() <= input::MAX_PASSWORD_BYTES
             && self
@@ -237,7 +311,7 @@ impl AuthApi {
                 .verify(password.to_string(), stored_hash)
                 .await?;
         Ok(match credentials {
-            Some(credentials) if password_ok => Verdict::Correct(credentials),
+            Some(credentials) if password_ok => Verdict::Correct(Checked { credentials, epoch }),
             other => Verdict::Wrong {
                 user_id: other.map(|c| c.user.id),
             },
@@ -245,32 +319,25 @@ impl AuthApi {
     }
 
     fn record_evictions(&self, request: &AuthRequest, started: &Started) {
-        if started.evicted.is_empty() {
-            return;
-        }
         for id in &started.evicted {
-            self.metrics.session_ended("evicted");
             self.audit(
                 request,
-                "session_evicted",
+                AuditKind::SessionEvicted,
                 Some(started.data.user_id),
                 Some(*id),
                 json!({ "by_session": started.data.id }),
             );
         }
-        self.writer
-            .sessions_ended(started.evicted.clone(), SessionEnd::Revoked, "evicted");
+        self.sessions
+            .ended(started.evicted.clone(), EndReason::Evicted);
     }
 
     pub(super) async fn logout(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
         let (_, live) = self.authenticate(request).await?;
-        self.sessions.end(&live.data).await?;
-        self.metrics.session_ended("logout");
-        self.writer
-            .sessions_ended(vec![live.data.id], SessionEnd::LoggedOut, "logout");
+        self.sessions.end(&live.data, EndReason::Logout).await?;
         self.audit(
             request,
-            "logout",
+            AuditKind::Logout,
             Some(live.data.user_id),
             Some(live.data.id),
             json!({}),
@@ -354,7 +421,7 @@ impl AuthApi {
     ) -> Result<AuthResponse, ApiError> {
         let (token, current) = self.authenticate(request).await?;
         let revoked = self
-            .revoke_others(request, &current.data, "revoked_by_user")
+            .revoke_others(request, &current.data, EndReason::SignedOutElsewhere)
             .await?;
         let body = json!({ "revoked": revoked });
         Ok(self.authenticated(AuthResponse::json(200, &body), &token, &current))
@@ -432,7 +499,7 @@ impl AuthApi {
             request,
             &current.data.email,
             current_password,
-            "password_change_failed",
+            AuditKind::PasswordChangeFailed,
         )
         .await
         .map_err(|error| match error {
@@ -444,15 +511,31 @@ impl AuthApi {
         let hash = self.hasher.hash(new_password.to_string()).await?;
         // Other sessions end first: if the store fails in between, the password is unchanged
         // rather than changed with the old sessions still alive.
-        let revoked = self
-            .revoke_others(request, &current.data, "password_changed")
+        let mut revoked = self
+            .revoke_others(request, &current.data, EndReason::PasswordChanged)
             .await?;
         self.records
             .set_password_hash(current.data.user_id, &hash)
             .await?;
+        // And again once the new hash is stored: a login that read the old hash before the
+        // update read the credential epoch before this bump too, so it is refused, or the
+        // session it made in between ends here.
+        match self
+            .revoke_others(request, &current.data, EndReason::PasswordChanged)
+            .await
+        {
+            Ok(count) => revoked += count,
+            // The password is changed and the first revocation ended every earlier session;
+            // only a login racing this very moment could be missed. The change did happen, so
+            // it is not reported as failed.
+            Err(error) => tracing::warn!(
+                error = ?error,
+                "password changed, but the second revoke-all (for logins in flight) failed"
+            ),
+        }
         self.audit(
             request,
-            "password_changed",
+            AuditKind::PasswordChanged,
             Some(current.data.user_id),
             Some(current.data.id),
             json!({ "revoked_sessions": revoked }),
@@ -468,15 +551,16 @@ impl AuthApi {
         current: &SessionData,
         session_id: Uuid,
     ) -> Result<bool, ApiError> {
-        if !self.sessions.revoke(current.user_id, session_id).await? {
+        let ended = self
+            .sessions
+            .end_by_id(current.user_id, session_id, EndReason::RevokedByUser)
+            .await?;
+        if !ended {
             return Ok(false);
         }
-        self.metrics.session_ended("revoked");
-        self.writer
-            .sessions_ended(vec![session_id], SessionEnd::Revoked, "revoked_by_user");
         self.audit(
             request,
-            "revoke",
+            AuditKind::Revoke,
             Some(current.user_id),
             Some(session_id),
             json!({ "by_session": current.id }),
@@ -489,26 +573,22 @@ impl AuthApi {
         &self,
         request: &AuthRequest,
         current: &SessionData,
-        reason: &'static str,
+        reason: EndReason,
     ) -> Result<usize, ApiError> {
         let ended = self
             .sessions
-            .revoke_all_except(current.user_id, Some(current.id))
+            .end_all_except(current.user_id, Some(current.id), reason)
             .await?;
         for id in &ended {
-            self.metrics.session_ended("revoked");
             self.audit(
                 request,
-                "revoke",
+                AuditKind::Revoke,
                 Some(current.user_id),
                 Some(*id),
-                json!({ "by_session": current.id, "reason": reason }),
+                json!({ "by_session": current.id, "reason": reason.as_str() }),
             );
         }
-        let count = ended.len();
-        self.writer
-            .sessions_ended(ended, SessionEnd::Revoked, reason);
-        Ok(count)
+        Ok(ended.len())
     }
 
     /// The caller's live session, or 401.
@@ -542,13 +622,12 @@ impl AuthApi {
             .lookup(&request.headers, request.client_ip)
             .await;
         if let Ok(Lookup::Valid { session, .. }) = lookup {
-            if let Ok(true) = self.sessions.end(&session.data).await {
-                self.metrics.session_ended("revoked");
-                self.writer.sessions_ended(
-                    vec![session.data.id],
-                    SessionEnd::Revoked,
-                    "replaced_by_login",
-                );
+            if let Err(error) = self
+                .sessions
+                .end(&session.data, EndReason::ReplacedByLogin)
+                .await
+            {
+                tracing::warn!(%error, "cannot end the session presented at login");
             }
         }
     }
@@ -557,7 +636,7 @@ impl AuthApi {
     pub(super) fn audit(
         &self,
         request: &AuthRequest,
-        kind: &'static str,
+        kind: AuditKind,
         user_id: Option<Uuid>,
         session_id: Option<Uuid>,
         detail: serde_json::Value,
@@ -573,9 +652,16 @@ impl AuthApi {
     }
 }
 
+/// A password found correct: the account as read before the check, and its credential epoch
+/// read between that and the check.
+struct Checked {
+    credentials: Credentials,
+    epoch: u64,
+}
+
 /// What a password check found.
 enum Verdict {
-    Correct(Credentials),
+    Correct(Checked),
     /// Wrong password or no such account (`user_id` when the account exists).
     Wrong {
         user_id: Option<Uuid>,

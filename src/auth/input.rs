@@ -3,8 +3,10 @@
 //! [`ApiError::InvalidRequest`] whose message names the field.
 
 use serde_json::{Map, Value};
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 pub const MAX_EMAIL_LEN: usize = 254;
 /// bcrypt only looks at the first 72 bytes; longer passwords would silently be truncated.
@@ -92,9 +94,19 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-/// Trims and lower-cases an email, then checks its shape.
+/// The one spelling of an email address that is stored, compared and counted: trimmed,
+/// NFKC-normalised (so a full-width or other compatibility look-alike of an address *is* that
+/// address) and lower-cased, then checked for shape. Invisible and control characters are
+/// refused rather than dropped (see [`is_invisible`]), before and after normalisation.
 pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
-    let email = raw.trim().to_lowercase();
+    let trimmed = raw.trim();
+    if let Some(c) = trimmed.chars().find(|&c| is_invisible(c)) {
+        return Err(invisible(c));
+    }
+    let email = canonical_text(trimmed);
+    if let Some(c) = email.chars().find(|&c| is_invisible(c)) {
+        return Err(invisible(c));
+    }
     if email.is_empty() {
         return Err(invalid("email is required".to_string()));
     }
@@ -124,6 +136,55 @@ pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
     Ok(email)
 }
 
+/// NFKC, then lower case, repeated until neither changes the text (lower-casing can leave
+/// text that NFKC would change again, and NFKC can produce upper-case letters, e.g. from
+/// modifier letters); at most a few rounds in practice.
+fn canonical_text(text: &str) -> String {
+    let mut current: String = text.nfkc().collect::<String>().trim().to_string();
+    for _ in 0..4 {
+        let next: String = current.to_lowercase().nfkc().collect();
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
+/// Characters an email must not contain because they are invisible or control characters: a
+/// second, different-looking-the-same spelling of an address, or text that reorders what is
+/// shown. Everything in general category C (Cc controls, Cf format characters such as the
+/// zero-width space, joiners, word joiner, BOM, soft hyphen and every bidi control, Cs, Co
+/// private use, Cn unassigned), plus the other default-ignorable or blank-looking code points
+/// that are letters or marks: the combining grapheme joiner, the Hangul fillers, the Khmer
+/// inherent vowels, the Mongolian free variation selectors, the variation selectors and the
+/// Braille blank.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || c.general_category_group() == GeneralCategoryGroup::Other
+        || matches!(
+            c,
+            '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FFA0}'
+                | '\u{E0100}'..='\u{E01EF}'
+        )
+}
+
+fn invisible(c: char) -> ApiError {
+    invalid(format!(
+        "email must not contain invisible or control characters (found U+{:04X})",
+        u32::from(c)
+    ))
+}
+
 pub fn check_new_password(password: &str, email: &str, min_length: usize) -> Result<(), ApiError> {
     if password.chars().count() < min_length {
         return Err(invalid(format!(
@@ -135,7 +196,7 @@ pub fn check_new_password(password: &str, email: &str, min_length: usize) -> Res
             "password must be at most {MAX_PASSWORD_BYTES} bytes"
         )));
     }
-    if password.trim().to_lowercase() == email {
+    if canonical_text(password.trim()) == email {
         return Err(invalid(
             "password must not be the email address".to_string(),
         ));
@@ -183,6 +244,134 @@ mod tests {
         assert_eq!(
             normalize_email("  Alice@Example.COM ").unwrap(),
             "alice@example.com"
+        );
+    }
+
+    #[test]
+    fn compatibility_look_alikes_are_the_same_address() {
+        for (spelling, canonical) in [
+            // Full-width letters and at sign.
+            ("ａｌｉｃｅ@ｅｘａｍｐｌｅ.ｃｏｍ", "alice@example.com"),
+            ("ＡＬＩＣＥ＠ＥＸＡＭＰＬＥ．ＣＯＭ", "alice@example.com"),
+            // Ligatures.
+            ("ﬁnn@example.com", "finn@example.com"),
+            ("oﬀice@example.com", "office@example.com"),
+            // Mathematical alphanumerics, circled and superscript letters.
+            ("𝐚𝐥𝐢𝐜𝐞@example.com", "alice@example.com"),
+            ("𝔞𝔩𝔦𝔠𝔢@example.com", "alice@example.com"),
+            ("ⓐlice@example.com", "alice@example.com"),
+            ("ᵃlice@example.com", "alice@example.com"),
+            // Modifier capital letter: NFKC gives "A", which must still be lower-cased.
+            ("ᴬlice@example.com", "alice@example.com"),
+            // Kelvin sign, Roman numeral, long s.
+            ("\u{212A}ate@example.com", "kate@example.com"),
+            ("\u{2163}@example.com", "iv@example.com"),
+            ("ſam@example.com", "sam@example.com"),
+            // Decomposed accents are composed; upper-case accented letters lower-cased.
+            ("Jose\u{0301}@example.com", "jos\u{00E9}@example.com"),
+            ("JOSÉ@EXAMPLE.COM", "jos\u{00E9}@example.com"),
+            // Compatibility spaces around the address are trimmed.
+            ("\u{3000}alice@example.com\u{00A0}", "alice@example.com"),
+        ] {
+            assert_eq!(
+                normalize_email(spelling).unwrap(),
+                canonical,
+                "{spelling:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalisation_is_idempotent() {
+        for sample in [
+            "ａｌｉｃｅ@ｅｘａｍｐｌｅ.ｃｏｍ",
+            "İstanbul@example.com",
+            "ẞtraße@example.de",
+            "\u{2126}mega@example.com",
+            "ǅemal@example.com",
+            "ᴬᴮᶜ@example.com",
+            "ﬃ@example.com",
+        ] {
+            let once = normalize_email(sample).unwrap();
+            assert_eq!(normalize_email(&once).unwrap(), once, "{sample:?}");
+            assert!(unicode_normalization::is_nfkc(&once), "{sample:?}");
+            assert_eq!(once.to_lowercase(), once, "{sample:?}");
+        }
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused() {
+        for c in [
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{2060}',
+            '\u{2061}',
+            '\u{2062}',
+            '\u{2063}',
+            '\u{2064}',
+            '\u{FEFF}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{061C}',
+            '\u{00AD}',
+            '\u{034F}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{3164}',
+            '\u{FFA0}',
+            '\u{180E}',
+            '\u{180B}',
+            '\u{FE0F}',
+            '\u{FE00}',
+            '\u{E0100}',
+            '\u{E0041}',
+            '\u{E0001}',
+            '\u{17B4}',
+            '\u{2800}',
+            '\u{1D173}',
+            '\u{FFF9}',
+            '\u{0000}',
+            '\u{0007}',
+            '\u{007F}',
+            '\u{0085}',
+            '\u{E000}',
+            '\u{F0000}',
+            '\u{0378}',
+        ] {
+            let mut spellings = vec![
+                format!("al{c}ice@example.com"),
+                format!("alice@exam{c}ple.com"),
+            ];
+            // Surrounding whitespace (tab, newline, U+0085...) is trimmed, as everywhere.
+            if !c.is_whitespace() {
+                spellings.push(format!("{c}alice@example.com"));
+                spellings.push(format!("alice@example.com{c}"));
+            }
+            for spelling in spellings {
+                let error = normalize_email(&spelling)
+                    .expect_err(&format!("U+{:04X} accepted", u32::from(c)));
+                let message = message(error);
+                assert!(message.starts_with("email"), "{message}");
+            }
+        }
+        // A full-width form of a refused character is refused too (NFKC maps U+FFA0 to U+3164).
+        assert!(normalize_email("a\u{FFA0}@example.com").is_err());
+    }
+
+    #[test]
+    fn a_password_spelling_the_email_is_refused_in_any_compatibility_form() {
+        assert!(
+            check_new_password("ａｌｉｃｅ@ｅｘａｍｐｌｅ.ｃｏｍ", "alice@example.com", 8).is_err()
         );
     }
 

@@ -5,10 +5,9 @@
 //! their traits; errors go through the single [`ApiError`] mapping.
 
 pub mod csrf;
-pub mod error;
 mod handlers;
 pub mod input;
-mod pages;
+pub mod pages;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 
-pub use error::ApiError;
+pub use crate::error::ApiError;
 
 use crate::geo::Locator;
 use crate::limits::login::LoginGuard;
@@ -125,7 +124,7 @@ impl AuthApi {
             Ok(()) => self.route(&request).await,
             Err(error @ ApiError::Forbidden(_)) if Self::is_page_request(&request) => {
                 tracing::info!(path = %request.path, reason = %error.message(), "form post refused");
-                return self.csrf_failure_page(&request);
+                return self.csrf_failure_page(&request, &error.message());
             }
             Err(error) => Err(error),
         };
@@ -216,8 +215,9 @@ impl AuthApi {
     }
 
     fn has_session_cookie(&self, request: &AuthRequest) -> bool {
-        crate::session::cookie::read(&request.headers, &self.sessions.config().cookie_name)
-            .is_some()
+        let found =
+            crate::session::cookie::find(&request.headers, &self.sessions.config().cookie_name);
+        found != crate::session::cookie::Found::Missing
     }
 
     fn require_database(&self) -> Result<(), ApiError> {

@@ -10,11 +10,11 @@ use http::Method;
 use uuid::Uuid;
 
 use super::csrf::{self, local_redirect};
-use super::error::{human_wait, ApiError};
 use super::input::Fields;
 use super::{AuthApi, AuthRequest, AuthResponse};
 use crate::config::BrandingConfig;
-use crate::session::{LiveSession, Lookup, SessionToken};
+use crate::error::{human_wait, ApiError};
+use crate::session::{EndReason, LiveSession, Lookup, SessionToken};
 use crate::store::{Device, IpRecord};
 
 const STYLESHEET: &str = include_str!("assets/style.css");
@@ -27,9 +27,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img
 pub struct Pages {
     product_name: String,
     stylesheet: String,
-    /// Name of the CSRF double-submit cookie, and its attributes.
+    /// Name of the CSRF double-submit cookie, and whether it is Secure.
     csrf_cookie: String,
-    csrf_cookie_attributes: &'static str,
+    secure_cookie: bool,
 }
 
 impl Pages {
@@ -40,17 +40,11 @@ impl Pages {
             }
             None => STYLESHEET.to_string(),
         };
-        let csrf_cookie = csrf::cookie_name(secure_cookie);
-        let csrf_cookie_attributes = if secure_cookie {
-            "; Path=/; HttpOnly; SameSite=Strict; Secure"
-        } else {
-            "; Path=/; HttpOnly; SameSite=Strict"
-        };
         Self {
             product_name: branding.product_name.clone(),
             stylesheet,
-            csrf_cookie,
-            csrf_cookie_attributes,
+            csrf_cookie: csrf::cookie_name(secure_cookie),
+            secure_cookie,
         }
     }
 
@@ -62,7 +56,7 @@ impl Pages {
         AuthResponse {
             status: 200,
             content_type: Some("text/css; charset=utf-8"),
-            headers: vec![("x-content-type-options", "nosniff".to_string())],
+            headers: Vec::new(),
             body: self.stylesheet.clone().into_bytes(),
         }
     }
@@ -95,18 +89,17 @@ impl Pages {
                 ),
                 ("x-frame-options", "DENY".to_string()),
                 ("referrer-policy", "same-origin".to_string()),
-                ("x-content-type-options", "nosniff".to_string()),
             ],
             body: html.into_bytes(),
         };
         if csrf.fresh {
-            response.headers.push((
-                "set-cookie",
-                format!(
-                    "{}={}{}",
-                    self.csrf_cookie, csrf.value, self.csrf_cookie_attributes
-                ),
-            ));
+            let cookie = cookie::Cookie::build((self.csrf_cookie.as_str(), csrf.value.as_str()))
+                .path("/")
+                .http_only(true)
+                .same_site(cookie::SameSite::Strict)
+                .secure(self.secure_cookie)
+                .build();
+            response.headers.push(("set-cookie", cookie.to_string()));
         }
         response
     }
@@ -309,9 +302,19 @@ impl AuthApi {
                     ApiError::Conflict(field) => state
                         .field_errors
                         .push((field, format!("That {field} is already registered."))),
+                    ApiError::RegistrationsFromAddress(wait) => {
+                        state.alert = Some(format!(
+                            "Too many sign-ups from your network. Try again in {}.",
+                            human_wait(*wait)
+                        ))
+                    }
                     other => state.alert = Some(login_problem(other)),
                 }
-                Ok(self.render_register(request, error.status(), &state, &rd))
+                let mut response = self.render_register(request, error.status(), &state, &rd);
+                if let Some(seconds) = error.retry_after() {
+                    response.headers.push(("retry-after", seconds.to_string()));
+                }
+                Ok(response)
             }
         }
     }
@@ -464,7 +467,7 @@ impl AuthApi {
         let Some((_, current)) = self.signed_in(request).await else {
             return Ok(see_other("/auth/login?rd=%2Fauth%2Fdevices"));
         };
-        self.revoke_others(request, &current.data, "revoked_by_user")
+        self.revoke_others(request, &current.data, EndReason::SignedOutElsewhere)
             .await?;
         Ok(see_other("/auth/devices?ended=others"))
     }
@@ -481,13 +484,18 @@ impl AuthApi {
         Ok(response.with_header("set-cookie", self.sessions.clear_cookie()))
     }
 
-    /// The page shown when a form post fails the CSRF check.
-    pub(super) fn csrf_failure_page(&self, request: &AuthRequest) -> AuthResponse {
+    /// The page shown when a form post fails the CSRF check, saying why (the origin the
+    /// browser reported and the ones configured, when that was the reason).
+    pub(super) fn csrf_failure_page(&self, request: &AuthRequest, reason: &str) -> AuthResponse {
         let csrf = self.csrf_token(request);
-        let body = "<div class=\"card\">\n<h1>This form has expired</h1>\n\
-             <p>For your security the request was refused. Go back, reload the page and try again.</p>\n\
-             <p class=\"alt\"><a href=\"/auth/login\">Back to sign in</a></p>\n</div>";
-        self.pages.page(403, "Form expired", body, &csrf, false)
+        let body = format!(
+            "<div class=\"card\">\n<h1>This form was refused</h1>\n\
+             <p>For your security the request was refused: {}.</p>\n\
+             <p>Go back, reload the page and try again.</p>\n\
+             <p class=\"alt\"><a href=\"/auth/login\">Back to sign in</a></p>\n</div>",
+            escape(reason)
+        );
+        self.pages.page(403, "Form refused", &body, &csrf, false)
     }
 
     pub(super) fn is_page_request(request: &AuthRequest) -> bool {
@@ -511,13 +519,17 @@ fn login_problem(error: &ApiError) -> String {
             "Too many failed sign-in attempts for this account. Try again in {}.",
             human_wait(*wait)
         ),
-        ApiError::RateLimited(wait) => format!(
+        ApiError::LoginAttemptsFromAddress(wait) | ApiError::RateLimited(wait) => format!(
             "Too many sign-in attempts from your network. Try again in {}.",
             human_wait(*wait)
         ),
         ApiError::InvalidRequest(message) => sentence(message),
         ApiError::AccountDisabled => "This account is disabled.".to_string(),
         ApiError::SessionLimit(_) => format!("{}.", error.message()),
+        ApiError::CredentialsChanged => {
+            "Your password or sessions changed while you were signing in. Please sign in again."
+                .to_string()
+        }
         _ => "Signing in is temporarily unavailable. Please try again in a moment.".to_string(),
     }
 }

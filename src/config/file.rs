@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub geoip: GeoipSection,
     #[serde(default)]
     pub branding: BrandingSection,
+    #[serde(default)]
+    pub demo: DemoSection,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
 }
@@ -51,6 +53,21 @@ pub struct ServerSection {
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     pub strip_headers: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+    pub max_connections_per_ip: u32,
+    pub max_connections: u32,
+    pub hsts: Hsts,
+}
+
+/// `server.hsts`: `false` (off), `true` (one year), or the header value itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Hsts {
+    Enabled(bool),
+    Value(String),
 }
 
 impl Default for ServerSection {
@@ -62,9 +79,17 @@ impl Default for ServerSection {
             trusted_proxies: vec![IpNet::from(std::net::IpAddr::from(
                 std::net::Ipv4Addr::LOCALHOST,
             ))],
-            public_origin: vec!["http://localhost:8080".to_string()],
+            public_origin: vec![
+                "http://localhost:8080".to_string(),
+                "http://127.0.0.1:8080".to_string(),
+            ],
             shutdown_grace: Duration::from_secs(30),
             strip_headers: Vec::new(),
+            hsts: Hsts::Enabled(false),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 256,
+            max_connections: 10_000,
         }
     }
 }
@@ -76,8 +101,11 @@ pub struct StorageSection {
     pub database_max_connections: u32,
     #[serde(deserialize_with = "duration")]
     pub database_timeout: Duration,
+    /// Empty: the in-process session store (one instance only).
     pub redis_url: String,
     pub redis_key_prefix: String,
+    /// Live sessions the in-process store holds at most.
+    pub max_sessions: usize,
     #[serde(deserialize_with = "duration")]
     pub redis_timeout: Duration,
 }
@@ -85,11 +113,12 @@ pub struct StorageSection {
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
-            database_url: "postgres://postgres@127.0.0.1:5432/test".to_string(),
+            database_url: "sqlite://authgate.db".to_string(),
             database_max_connections: 10,
             database_timeout: Duration::from_secs(2),
-            redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_url: String::new(),
             redis_key_prefix: "authgate:".to_string(),
+            max_sessions: 100_000,
             redis_timeout: Duration::from_secs(1),
         }
     }
@@ -189,6 +218,8 @@ pub struct LoginProtectionSection {
     #[serde(deserialize_with = "duration")]
     pub lockout: Duration,
     pub max_attempts_per_ip: u32,
+    /// Registration attempts per client IP (IPv6: per /64) within `window`.
+    pub max_registrations_per_ip: u32,
 }
 
 impl Default for LoginProtectionSection {
@@ -198,6 +229,7 @@ impl Default for LoginProtectionSection {
             window: Duration::from_secs(15 * 60),
             lockout: Duration::from_secs(15 * 60),
             max_attempts_per_ip: 20,
+            max_registrations_per_ip: 10,
         }
     }
 }
@@ -235,6 +267,24 @@ impl Default for BrandingSection {
     }
 }
 
+/// `[demo]`: a small app on its own socket that shows what the gateway injects.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSection {
+    pub enabled: bool,
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for DemoSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeoipSection {
@@ -267,6 +317,12 @@ pub struct RouteSection {
     pub read_timeout: Duration,
     #[serde(default = "default_health_interval", deserialize_with = "duration")]
     pub health_check_interval: Duration,
+    /// Match the prefix regardless of case (for IIS-style upstreams that read paths so).
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Forward paths holding an encoded slash (`%2F`) instead of refusing them.
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

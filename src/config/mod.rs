@@ -4,11 +4,11 @@
 //! `file` is the serde shape of the file. This module turns it into [`Config`]: values resolved
 //! (upstream addresses, header names, the effective cookie name), cross-key rules checked, and
 //! every error named by its key path and line (`route[1].upstreams[0] (line 42): ...`).
-//! Nothing here does I/O beyond reading the file and resolving upstream host names.
+//! Nothing here does I/O beyond reading the file: upstream host names are resolved at run time.
 
 pub mod file;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub struct Config {
     pub log: LogSection,
     pub geoip: GeoipConfig,
     pub branding: BrandingConfig,
+    /// Where the demo upstream listens, when `[demo]` is enabled.
+    pub demo: Option<SocketAddr>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -64,6 +66,17 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Operator-listed headers to strip, on top of the built-in identity headers.
     pub strip_headers: Vec<HeaderName>,
+    /// The `Strict-Transport-Security` value to send, when enabled.
+    pub hsts: Option<String>,
+    /// The whole request head must arrive within this (from the first byte on a reused
+    /// connection, from the accept on a new one); then 408 and close.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub keepalive_timeout: Duration,
+    /// Open connections one client address (IPv6: its /64) may hold.
+    pub max_connections_per_ip: u32,
+    /// Open connections on the public listener, all clients together.
+    pub max_connections: u32,
 }
 
 #[derive(Debug)]
@@ -97,11 +110,14 @@ pub struct RouteConfig {
     pub prefix: String,
     /// Lower-cased, without port.
     pub host: Option<String>,
-    pub upstreams: Vec<SocketAddr>,
+    /// `host:port`, checked but not resolved (names are looked up at run time).
+    pub upstreams: Vec<String>,
     pub auth: AuthMode,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health_check_interval: Duration,
+    pub case_insensitive: bool,
+    pub allow_encoded_slash: bool,
 }
 
 impl Config {
@@ -112,6 +128,12 @@ impl Config {
         let mut config = Config::parse(&text)
             .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
         config.apply_env(|name| std::env::var(name).ok());
+        // DATABASE_URL replaces a URL the file check already passed: check what is now in force.
+        crate::store::DatabaseUrl::parse(&config.storage.database_url).map_err(|message| {
+            ConfigError(format!(
+                "storage.database_url (from DATABASE_URL): {message}"
+            ))
+        })?;
         Ok(config)
     }
 
@@ -193,6 +215,12 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
             "must be at least 1",
         ));
     }
+    if login_protection.max_registrations_per_ip == 0 {
+        return Err(invalid(
+            "login_protection.max_registrations_per_ip",
+            "must be at least 1",
+        ));
+    }
     for (key, value) in [
         ("login_protection.window", login_protection.window),
         ("login_protection.lockout", login_protection.lockout),
@@ -228,6 +256,13 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
     }
     let geoip = validate_geoip(file.geoip)?;
     let branding = validate_branding(file.branding)?;
+    let demo = file.demo.enabled.then_some(file.demo.listen);
+    if demo.is_some_and(|addr| addr == server.listen || addr == server.admin_listen) {
+        return Err(invalid(
+            "demo.listen",
+            "must differ from server.listen and server.admin_listen",
+        ));
+    }
     Ok(Config {
         server,
         storage: file.storage,
@@ -238,6 +273,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
         log: file.log,
         geoip,
         branding,
+        demo,
         routes,
     })
 }
@@ -252,6 +288,27 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
         Duration::ZERO,
         Duration::from_secs(3600),
     )?;
+    within(
+        "server.header_timeout",
+        server.header_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    )?;
+    within(
+        "server.keepalive_timeout",
+        server.keepalive_timeout,
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    )?;
+    if server.max_connections_per_ip == 0 {
+        return Err(invalid(
+            "server.max_connections_per_ip",
+            "must be at least 1",
+        ));
+    }
+    if server.max_connections == 0 {
+        return Err(invalid("server.max_connections", "must be at least 1"));
+    }
     if server.listen == server.admin_listen {
         return Err(invalid(
             "server.admin_listen",
@@ -293,31 +350,60 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let hsts = match &server.hsts {
+        file::Hsts::Enabled(false) => None,
+        file::Hsts::Enabled(true) => Some("max-age=31536000".to_string()),
+        file::Hsts::Value(value) => {
+            let value = value.trim();
+            let max_age_ok = value
+                .split(';')
+                .next()
+                .and_then(|first| first.trim().strip_prefix("max-age="))
+                .is_some_and(|seconds| seconds.parse::<u64>().is_ok());
+            if !max_age_ok || http::HeaderValue::from_str(value).is_err() {
+                return Err(invalid(
+                    "server.hsts",
+                    format!(
+                        "\"{value}\" must be true, false or a header value such as \
+                         \"max-age=31536000; includeSubDomains\""
+                    ),
+                ));
+            }
+            Some(value.to_string())
+        }
+    };
     Ok(ServerConfig {
+        hsts,
         listen: server.listen,
         admin_listen: server.admin_listen,
         threads: server.threads,
-        trusted_proxies: server.trusted_proxies,
+        trusted_proxies: server
+            .trusted_proxies
+            .into_iter()
+            .map(crate::client_ip::canonical_net)
+            .collect(),
         public_origins,
         shutdown_grace: server.shutdown_grace,
         strip_headers,
+        header_timeout: server.header_timeout,
+        keepalive_timeout: server.keepalive_timeout,
+        max_connections_per_ip: server.max_connections_per_ip,
+        max_connections: server.max_connections,
     })
 }
 
 fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
-    let database = storage.database_url.trim();
-    if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
-        return Err(invalid(
-            "storage.database_url",
-            "must be a postgres:// URL (the embedded SQLite mode is not available yet)",
-        ));
-    }
+    crate::store::DatabaseUrl::parse(&storage.database_url)
+        .map_err(|message| invalid("storage.database_url", message))?;
     let redis = storage.redis_url.trim();
-    if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+    if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
         return Err(invalid(
             "storage.redis_url",
-            "must be a redis:// URL (the in-process session store is not available yet)",
+            "must be a redis:// URL, or empty for the in-process session store",
         ));
+    }
+    if storage.max_sessions == 0 {
+        return Err(invalid("storage.max_sessions", "must be at least 1"));
     }
     if storage.database_max_connections == 0 {
         return Err(invalid(
@@ -508,13 +594,16 @@ fn validate_password(password: PasswordSection) -> Result<PasswordConfig, Invali
 
 fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Invalid> {
     let key = |name: &str| format!("route[{index}].{name}");
-    if !route.prefix.starts_with('/') {
-        return Err(invalid(
-            key("prefix"),
-            format!("\"{}\" must start with '/'", route.prefix),
-        ));
-    }
-    if route.prefix == "/auth" || route.prefix.starts_with("/auth/") {
+    // Prefixes are written in the canonical form request paths are matched in.
+    let prefix = crate::path::normalize(route.prefix.as_bytes())
+        .map_err(|error| {
+            invalid(
+                key("prefix"),
+                format!("\"{}\": {}", route.prefix, error.message()),
+            )
+        })?
+        .to_string();
+    if crate::routes::is_auth_spelling(&prefix) {
         return Err(invalid(
             key("prefix"),
             "/auth is answered by the gateway itself and cannot be routed",
@@ -524,7 +613,18 @@ fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Inva
         Some(host) if host.trim().is_empty() => {
             return Err(invalid(key("host"), "must not be empty"))
         }
-        Some(host) => Some(host.trim().to_ascii_lowercase()),
+        Some(host) => Some(
+            crate::target::parse_host(host.trim().as_bytes())
+                .ok()
+                .filter(|parsed| parsed.port.is_none())
+                .ok_or_else(|| {
+                    invalid(
+                        key("host"),
+                        format!("\"{host}\" must be a host name without a port"),
+                    )
+                })?
+                .name,
+        ),
         None => None,
     };
     if route.upstreams.is_empty() {
@@ -538,7 +638,7 @@ fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Inva
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            resolve_upstream(text)
+            check_upstream(text)
                 .map_err(|message| invalid(format!("{}[{i}]", key("upstreams")), message))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -549,34 +649,41 @@ fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Inva
         ));
     }
     Ok(RouteConfig {
-        prefix: route.prefix,
+        prefix,
         host,
         upstreams,
         auth: route.auth,
         connect_timeout: route.connect_timeout,
         read_timeout: route.read_timeout,
         health_check_interval: route.health_check_interval,
+        case_insensitive: route.case_insensitive,
+        allow_encoded_slash: route.allow_encoded_slash,
     })
 }
 
-/// `host:port` → a socket address (host names are resolved now, once).
-fn resolve_upstream(text: &str) -> Result<SocketAddr, String> {
+/// Checks an upstream written as `host:port` (an IP literal or a host name) without resolving
+/// it: names are looked up at run time, so `authgate check` needs no network.
+fn check_upstream(text: &str) -> Result<String, String> {
     let text = text.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(addr.to_string());
     }
-    let has_port = text
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !has_port {
+    let lower = text.to_ascii_lowercase();
+    if let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+    {
         return Err(format!(
-            "invalid upstream address \"{text}\"; write HOST:PORT, e.g. \"127.0.0.1:3000\""
+            "invalid upstream address \"{text}\": write HOST:PORT without a scheme, e.g. \"{}\"",
+            rest.trim_end_matches('/')
         ));
     }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| format!("cannot resolve upstream \"{text}\""))
+    match crate::target::parse_host(text.as_bytes()) {
+        Ok(host) if host.port.is_some() && !host.name.contains(':') => Ok(text.to_string()),
+        _ => Err(format!(
+            "invalid upstream address \"{text}\"; write HOST:PORT, e.g. \"127.0.0.1:3000\""
+        )),
+    }
 }
 
 /// Best-effort line number (1-based) of a key path such as `session.idle_timeout` or
@@ -668,6 +775,27 @@ mod tests {
     }
 
     #[test]
+    fn upstream_names_are_checked_not_resolved() {
+        let with = |upstream: &str| {
+            Config::parse(&format!(
+                "[[route]]\nprefix = \"/\"\nupstreams = [\"{upstream}\"]\n"
+            ))
+        };
+        assert_eq!(
+            with("app.internal.invalid:8080").unwrap().routes[0].upstreams,
+            ["app.internal.invalid:8080"]
+        );
+        assert!(with("[::1]:3000").is_ok());
+        let error = with("http://127.0.0.1:3000/").unwrap_err().to_string();
+        assert!(
+            error.contains("without a scheme") && error.contains("\"127.0.0.1:3000\""),
+            "{error}"
+        );
+        assert!(with("app.internal").is_err());
+        assert!(with("app:internal:1").is_err());
+    }
+
+    #[test]
     fn secure_cookie_gets_host_prefix() {
         let text = format!("[session]\nsecure_cookie = true\n{MINIMAL}");
         let config = Config::parse(&text).expect("valid");
@@ -682,7 +810,37 @@ mod tests {
             _ => None,
         });
         assert_eq!(config.storage.database_url, "postgres://db/x");
-        assert_eq!(config.storage.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(
+            config.storage.redis_url, "",
+            "the in-process store by default"
+        );
+    }
+
+    #[test]
+    fn database_url_selects_postgres_or_sqlite_and_names_the_key_otherwise() {
+        for url in [
+            "postgres://db/x",
+            "postgresql://db/x",
+            "sqlite://authgate.db",
+            "sqlite:///var/lib/authgate/authgate.db",
+        ] {
+            let text = format!("[storage]\ndatabase_url = \"{url}\"\n{MINIMAL}");
+            let config = Config::parse(&text).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(config.storage.database_url, url);
+        }
+        for url in [
+            "mysql://db/x",
+            "sqlite://",
+            "sqlite://:memory:",
+            "authgate.db",
+        ] {
+            let text = format!("[storage]\ndatabase_url = \"{url}\"\n{MINIMAL}");
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                error.starts_with("storage.database_url (line 2)"),
+                "{url}: {error}"
+            );
+        }
     }
 
     #[test]
@@ -715,6 +873,50 @@ mod tests {
                 .to_string();
             assert!(error.contains("must be between"), "{error}");
         }
+    }
+
+    #[test]
+    fn connection_limits_have_documented_defaults_and_bounds() {
+        let config = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.max_connections_per_ip, 256);
+        assert_eq!(config.server.max_connections, 10_000);
+        for (line, key) in [
+            ("header_timeout = \"10ms\"", "server.header_timeout"),
+            ("header_timeout = \"2h\"", "server.header_timeout"),
+            ("keepalive_timeout = \"500ms\"", "server.keepalive_timeout"),
+            ("keepalive_timeout = \"2d\"", "server.keepalive_timeout"),
+            (
+                "max_connections_per_ip = 0",
+                "server.max_connections_per_ip",
+            ),
+            ("max_connections = 0", "server.max_connections"),
+        ] {
+            let error = Config::parse(&format!("[server]\n{line}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(&format!("{key} (line 2)")), "{error}");
+        }
+        let error = Config::parse(&format!("[server]\nmax_connections = -1\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_connections"), "{error}");
+    }
+
+    #[test]
+    fn registrations_per_ip_default_to_ten_and_zero_is_refused() {
+        let config = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(config.login_protection.max_registrations_per_ip, 10);
+        let text = format!("[login_protection]\nmax_registrations_per_ip = 3\n{MINIMAL}");
+        let config = Config::parse(&text).expect("valid");
+        assert_eq!(config.login_protection.max_registrations_per_ip, 3);
+        let text = format!("[login_protection]\nmax_registrations_per_ip = 0\n{MINIMAL}");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("login_protection.max_registrations_per_ip"),
+            "{error}"
+        );
     }
 
     #[test]

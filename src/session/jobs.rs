@@ -19,7 +19,9 @@ use chrono::Utc;
 
 use super::activity::ActivityTracker;
 use super::Sessions;
-use crate::store::{RecordStore, SessionEnd, StoreError};
+use crate::model::StoreError;
+use crate::session::EndReason;
+use crate::store::RecordStore;
 use crate::telemetry::Metrics;
 
 const EXPIRY_BATCH: i64 = 500;
@@ -103,16 +105,20 @@ impl ExpiryJob {
                     idle.push(record.id);
                 }
             }
-            for (ids, reason) in [(absolute, "absolute_timeout"), (idle, "idle_timeout")] {
+            for (ids, reason) in [
+                (absolute, EndReason::AbsoluteTimeout),
+                (idle, EndReason::IdleTimeout),
+            ] {
                 if ids.is_empty() {
                     continue;
                 }
+                // Written here rather than behind, to count only the records it changed.
                 let expired = self
                     .records
-                    .end_sessions(&ids, SessionEnd::Expired, reason, now)
+                    .end_sessions(&ids, reason.status(), reason.as_str(), now)
                     .await?;
                 for _ in 0..expired {
-                    self.metrics.session_ended("expired");
+                    self.metrics.session_ended(reason.metric());
                 }
             }
         }

@@ -7,22 +7,27 @@
 pub mod activity;
 pub mod cookie;
 pub mod jobs;
+pub mod memory;
 pub mod redis;
 mod token;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
-pub use token::{SessionToken, TokenHash};
+pub use crate::model::TokenHash;
+pub use token::SessionToken;
 
 use std::sync::Arc;
 
 use crate::config::{OnLimit, SessionConfig};
+use crate::model::StoreError;
 use crate::store::behind::WriteBehind;
-use crate::store::{AuthEvent, SessionEnd, StoreError};
+use crate::store::{AuditKind, AuthEvent, SessionEnd};
 use crate::telemetry::Metrics;
 use activity::ActivityTracker;
 
@@ -79,19 +84,36 @@ pub enum Created {
     Ok { evicted: Vec<Uuid> },
     /// The user is at the cap and the policy is `reject`.
     LimitReached,
+    /// The user's credential epoch is not the one expected: a revoke-all (a password change,
+    /// "sign out everywhere else") happened since the login read it. Nothing was created.
+    CredentialsChanged,
+}
+
+/// How long a credential epoch is kept after its last bump: the absolute session lifetime, and
+/// never less than an hour. Any TTL longer than a login can take would keep the check sound (an
+/// expired epoch reads 0, which an in-flight login that read a bumped value will not match);
+/// the session lifetime keeps it simple to reason about.
+pub fn epoch_ttl(absolute_timeout: Duration) -> Duration {
+    absolute_timeout.max(Duration::from_secs(3600))
 }
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Stores a new session that idles out after `idle` (capped by its absolute expiry),
-    /// enforcing the per-user cap atomically with the insert.
+    /// enforcing the per-user cap atomically with the insert, and only if the user's credential
+    /// epoch is still `expected_epoch` (checked atomically with the insert too).
     async fn create(
         &self,
         token: &TokenHash,
         session: &SessionData,
         idle: Duration,
         cap: SessionCap,
+        expected_epoch: u64,
     ) -> Result<Created, StoreError>;
+
+    /// The user's credential epoch (0 when none is recorded): read by a login before it
+    /// checks the password, and expected again when it creates the session.
+    async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError>;
 
     /// Validates a session and slides its idle expiry, in one store round trip. `None` when
     /// the session is unknown, idled out, or past its absolute expiry (then it is deleted).
@@ -108,7 +130,9 @@ pub trait SessionStore: Send + Sync {
     /// Ends one of a user's sessions by public id. `false` if the user has no such session.
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;
 
-    /// Ends all of a user's sessions except `keep`; returns the ids ended.
+    /// Ends all of a user's sessions except `keep` and bumps the user's credential epoch in the
+    /// same atomic step, so no login that read the epoch before can create a session after;
+    /// returns the ids ended.
     async fn revoke_all_except(
         &self,
         user_id: Uuid,
@@ -119,6 +143,69 @@ pub trait SessionStore: Send + Sync {
     async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What the store runs on, for logs, metrics and `/readyz` ("redis", "memory").
+    fn backend(&self) -> &'static str;
+}
+
+/// Why a session ended: one vocabulary for its record (status and `end_reason`) and its
+/// metric, whichever way it ended. Every ending is recorded by [`Sessions::ended`], except
+/// expiry, which the expiry job writes directly to count the records it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The user signed out (`/auth/logout`).
+    Logout,
+    /// The user revoked it from the session list or the device page.
+    RevokedByUser,
+    /// The user signed out every other session.
+    SignedOutElsewhere,
+    /// The user changed the password (every other session ends).
+    PasswordChanged,
+    /// The per-user cap made room for a newer session.
+    Evicted,
+    /// The browser signed in again with this session's cookie (no fixation).
+    ReplacedByLogin,
+    /// Used from another user agent, with `bind_session_to_user_agent`.
+    UserAgentChanged,
+    /// Unused for the idle timeout (found by the expiry job).
+    IdleTimeout,
+    /// Past its absolute lifetime (found by the expiry job).
+    AbsoluteTimeout,
+}
+
+impl EndReason {
+    /// The record's status.
+    pub fn status(self) -> SessionEnd {
+        match self {
+            EndReason::Logout => SessionEnd::LoggedOut,
+            EndReason::IdleTimeout | EndReason::AbsoluteTimeout => SessionEnd::Expired,
+            _ => SessionEnd::Revoked,
+        }
+    }
+
+    /// The record's `end_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Logout => "logout",
+            EndReason::RevokedByUser | EndReason::SignedOutElsewhere => "revoked_by_user",
+            EndReason::PasswordChanged => "password_changed",
+            EndReason::Evicted => "evicted",
+            EndReason::ReplacedByLogin => "replaced_by_login",
+            EndReason::UserAgentChanged => "user_agent_changed",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::AbsoluteTimeout => "absolute_timeout",
+        }
+    }
+
+    /// The `authgate_sessions_ended_total` label.
+    pub fn metric(self) -> &'static str {
+        match self {
+            EndReason::Logout => "logout",
+            EndReason::Evicted => "evicted",
+            EndReason::IdleTimeout | EndReason::AbsoluteTimeout => "expired",
+            _ => "revoked",
+        }
+    }
 }
 
 /// What a request's cookie amounts to.
@@ -149,6 +236,19 @@ pub struct Login {
     pub location: Option<String>,
 }
 
+/// What [`Sessions::start`] came to.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives for one login; boxing would add an allocation for nothing"
+)]
+pub enum Start {
+    Started(Started),
+    /// The user is at the cap and the policy is `reject`.
+    LimitReached,
+    /// The credential epoch moved on since the login read it (see [`Created`]).
+    CredentialsChanged,
+}
+
 /// A session just created.
 pub struct Started {
     pub token: SessionToken,
@@ -156,6 +256,11 @@ pub struct Started {
     /// Sessions (public ids) evicted to respect the per-user cap.
     pub evicted: Vec<Uuid>,
 }
+
+/// How long [`Sessions::ended`] remembers an ending for [`Sessions::recorded`], and how many
+/// endings at most (past that, a late record is left to the expiry job, as before).
+const RECENT_ENDS_KEPT: Duration = Duration::from_secs(60);
+const RECENT_ENDS_MAX: usize = 10_000;
 
 /// Session lifecycle on top of a [`SessionStore`]: the piece the proxy and the `/auth` API
 /// share, so both validate, slide and issue cookies the same way.
@@ -165,6 +270,10 @@ pub struct Sessions {
     activity: Arc<ActivityTracker>,
     writer: WriteBehind,
     metrics: Arc<Metrics>,
+    /// Sessions ended in the last [`RECENT_ENDS_KEPT`], with why: a session can be ended
+    /// (evicted by a concurrent login, revoked) after its live entry is created and before
+    /// the login writes its record, and then the ending's record update finds no row.
+    recent_ends: Mutex<HashMap<Uuid, (EndReason, Instant)>>,
 }
 
 impl Sessions {
@@ -181,6 +290,7 @@ impl Sessions {
             activity,
             writer,
             metrics,
+            recent_ends: Mutex::new(HashMap::new()),
         }
     }
 
@@ -197,8 +307,11 @@ impl Sessions {
         headers: &http::HeaderMap,
         client_ip: IpAddr,
     ) -> Result<Lookup, StoreError> {
-        let Some(value) = cookie::read(headers, &self.config.cookie_name) else {
-            return Ok(Lookup::Missing);
+        let value = match cookie::find(headers, &self.config.cookie_name) {
+            cookie::Found::Missing => return Ok(Lookup::Missing),
+            // Two session cookies: which one the user meant is unknowable, so neither counts.
+            cookie::Found::Several => return Ok(Lookup::Invalid),
+            cookie::Found::One(value) => value,
         };
         let Some(token) = SessionToken::parse(&value) else {
             return Ok(Lookup::Invalid);
@@ -235,20 +348,14 @@ impl Sessions {
         let user_agent = truncate_user_agent(user_agent);
         if user_agent != session.user_agent {
             if self.config.bind_session_to_user_agent {
-                self.store.revoke(session.user_id, session.id).await?;
+                self.end(session, EndReason::UserAgentChanged).await?;
                 self.metrics.session_anomaly("ua_changed");
-                self.metrics.session_ended("revoked");
-                self.writer.sessions_ended(
-                    vec![session.id],
-                    SessionEnd::Revoked,
-                    "user_agent_changed",
-                );
-                self.audit_anomaly(session, "revoke", client_ip, user_agent);
+                self.audit_anomaly(session, AuditKind::Revoke, client_ip, user_agent);
                 return Ok(false);
             }
             if self.activity.first_report(session.id, "ua", user_agent) {
                 self.metrics.session_anomaly("ua_changed");
-                self.audit_anomaly(session, "session_ua_changed", client_ip, user_agent);
+                self.audit_anomaly(session, AuditKind::SessionUaChanged, client_ip, user_agent);
             }
         }
         if client_ip != session.ip
@@ -257,7 +364,7 @@ impl Sessions {
                 .first_report(session.id, "ip", &client_ip.to_string())
         {
             self.metrics.session_anomaly("ip_changed");
-            self.audit_anomaly(session, "session_ip_changed", client_ip, user_agent);
+            self.audit_anomaly(session, AuditKind::SessionIpChanged, client_ip, user_agent);
         }
         Ok(true)
     }
@@ -265,7 +372,7 @@ impl Sessions {
     fn audit_anomaly(
         &self,
         session: &SessionData,
-        kind: &'static str,
+        kind: AuditKind,
         client_ip: IpAddr,
         user_agent: &str,
     ) {
@@ -278,18 +385,24 @@ impl Sessions {
             detail: serde_json::json!({
                 "created_ip": session.ip.to_string(),
                 "created_user_agent": session.user_agent,
-                "reason": if kind == "revoke" { "user_agent_changed" } else { kind },
+                "reason": if kind == AuditKind::Revoke {
+                    EndReason::UserAgentChanged.as_str()
+                } else {
+                    kind.as_str()
+                },
             }),
         });
     }
 
-    /// Creates a session for a user under the per-user cap. `Ok(None)` when the cap is
-    /// reached and the policy is `reject`.
+    /// Creates a session for a user under the per-user cap, provided the user's credential
+    /// epoch is still `expected_epoch` (what [`Sessions::credential_epoch`] answered before the
+    /// password was checked).
     pub async fn start(
         &self,
         login: Login,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<Started>, StoreError> {
+        expected_epoch: u64,
+    ) -> Result<Start, StoreError> {
         let token = SessionToken::generate();
         let created_at_ms = now.timestamp_millis();
         let absolute_ms =
@@ -313,37 +426,118 @@ impl Sessions {
         };
         match self
             .store
-            .create(&token.hash(), &data, self.config.idle_timeout, cap)
+            .create(
+                &token.hash(),
+                &data,
+                self.config.idle_timeout,
+                cap,
+                expected_epoch,
+            )
             .await?
         {
-            Created::Ok { evicted } => Ok(Some(Started {
+            Created::Ok { evicted } => Ok(Start::Started(Started {
                 token,
                 data,
                 evicted,
             })),
-            Created::LimitReached => Ok(None),
+            Created::LimitReached => Ok(Start::LimitReached),
+            Created::CredentialsChanged => Ok(Start::CredentialsChanged),
         }
     }
 
+    pub async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {
+        self.store.credential_epoch(user_id).await
+    }
+
     /// Ends a session now (through the user's index). Returns whether it was still live.
-    pub async fn end(&self, session: &SessionData) -> Result<bool, StoreError> {
+    /// Ends a session now (through the user's index) and records why. Returns whether it was
+    /// still live (only then is its ending recorded).
+    pub async fn end(&self, session: &SessionData, reason: EndReason) -> Result<bool, StoreError> {
+        self.end_by_id(session.user_id, session.id, reason).await
+    }
+
+    /// Removes a session that never really began (its durable record could not be written):
+    /// nothing to record.
+    pub async fn discard(&self, session: &SessionData) -> Result<bool, StoreError> {
         self.store.revoke(session.user_id, session.id).await
+    }
+
+    /// Ends one of a user's sessions by public id; `false` if the user has no such live session.
+    pub async fn end_by_id(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        reason: EndReason,
+    ) -> Result<bool, StoreError> {
+        let ended = self.store.revoke(user_id, session_id).await?;
+        if ended {
+            self.ended(vec![session_id], reason);
+        }
+        Ok(ended)
+    }
+
+    /// Ends every session of a user but `keep` (and moves the credential epoch, so no login in
+    /// flight creates one after), recording why; returns the ids ended.
+    pub async fn end_all_except(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+        reason: EndReason,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ended = self.store.revoke_all_except(user_id, keep).await?;
+        self.ended(ended.clone(), reason);
+        Ok(ended)
+    }
+
+    /// Records sessions that have ended (already gone from the store): their records, written
+    /// behind, and the metric. The one place every ending is recorded.
+    pub fn ended(&self, ids: Vec<Uuid>, reason: EndReason) {
+        if ids.is_empty() {
+            return;
+        }
+        for _ in &ids {
+            self.metrics.session_ended(reason.metric());
+        }
+        self.remember_ends(&ids, reason);
+        self.writer
+            .sessions_ended(ids, reason.status(), reason.as_str());
+    }
+
+    fn remember_ends(&self, ids: &[Uuid], reason: EndReason) {
+        let now = Instant::now();
+        let mut recent = self
+            .recent_ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        recent.retain(|_, (_, at)| now.duration_since(*at) < RECENT_ENDS_KEPT);
+        for id in ids {
+            if recent.len() >= RECENT_ENDS_MAX {
+                break;
+            }
+            recent.insert(*id, (reason, now));
+        }
+    }
+
+    /// Called by a login once its session's record is written. If the session was ended in
+    /// between (a concurrent login of the same user evicted it, the user revoked it), the
+    /// ending's record update may have run before the record existed and changed nothing:
+    /// the ending is written again, now that there is a row (a second write of an ended
+    /// record changes nothing). An ending not reported yet is written after the record, so
+    /// needs nothing. The metric was counted by the ending itself.
+    pub fn recorded(&self, session_id: Uuid) {
+        let ended = self
+            .recent_ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&session_id);
+        if let Some((reason, _)) = ended {
+            self.writer
+                .sessions_ended(vec![session_id], reason.status(), reason.as_str());
+        }
     }
 
     pub async fn list(&self, user_id: Uuid) -> Result<Vec<LiveSession>, StoreError> {
         self.store.list(user_id).await
-    }
-
-    pub async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
-        self.store.revoke(user_id, session_id).await
-    }
-
-    pub async fn revoke_all_except(
-        &self,
-        user_id: Uuid,
-        keep: Option<Uuid>,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        self.store.revoke_all_except(user_id, keep).await
     }
 
     pub async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError> {
@@ -352,6 +546,10 @@ impl Sessions {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
     }
 
     /// The `Set-Cookie` that keeps the browser's cookie in step with the store's idle expiry.

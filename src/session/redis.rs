@@ -4,17 +4,24 @@
 //! - `session:<token sha256 hex>`: a hash with the session's data; its TTL is the idle expiry.
 //! - `user:<user id>:sessions`: a hash from public session id to token hash, so listing and
 //!   revoking a user's sessions never scans the keyspace.
+//! - `user:<user id>:epoch`: the user's credential epoch, an integer (missing = 0) bumped by
+//!   every revoke-all; it expires `epoch_ttl` (at least the absolute session lifetime) after
+//!   its last bump.
 //!
 //! Every operation is one Lua script, so each is one round trip and atomic:
 //! - `touch` reads the session, deletes it if past its absolute expiry, else stamps its last
 //!   activity, resets its TTL to `min(idle timeout, time left before the absolute expiry)` and
 //!   returns the data;
-//! - `create` prunes dead index entries, enforces the per-user cap (evicting the least
-//!   recently active sessions, or refusing) and inserts, so concurrent logins cannot overshoot;
-//! - `list`, `revoke` and `revoke_all` walk the user's index.
+//! - `create` refuses if the user's credential epoch is no longer the one the login read
+//!   before checking the password, prunes dead index entries, enforces the per-user cap
+//!   (evicting the least recently active sessions, or refusing) and inserts, so concurrent
+//!   logins cannot overshoot and no login outlives a revoke-all it raced with;
+//! - `list`, `revoke` and `revoke_all` walk the user's index; `revoke_all` also bumps the
+//!   epoch.
 //!
-//! The scripts touch session keys they derive from the index, so on Redis Cluster a user's
-//! keys would need one hash slot; this store targets standalone/Sentinel Redis for now.
+//! Every key a script names up front is passed in KEYS (the user's index and epoch, the new
+//! session); the session keys the scripts derive from the index are not, so on Redis Cluster a
+//! user's keys would need one hash slot; this store targets standalone/Sentinel Redis for now.
 //!
 //! The connection is made lazily and re-made by itself after Redis comes back, so the gateway
 //! starts without Redis and recovers without a restart. Every call is bounded by
@@ -32,7 +39,7 @@ use uuid::Uuid;
 
 use super::{Created, LiveSession, SessionCap, SessionData, SessionStore, TokenHash};
 use crate::config::OnLimit;
-use crate::store::StoreError;
+use crate::model::StoreError;
 use crate::telemetry::{Metrics, Store};
 
 /// Field order shared by every script that returns a session.
@@ -57,10 +64,12 @@ table.insert(fields, left)
 return fields
 "#;
 
-/// KEYS[1] user index, KEYS[2] new session key; ARGV: session key prefix, cap, policy,
-/// ttl ms, index ttl ms, session id, token hash, then field/value pairs.
-/// Returns {'ok', evicted ids...} or {'rejected'}.
+/// KEYS[1] user index, KEYS[2] new session key, KEYS[3] the user's credential epoch; ARGV:
+/// session key prefix, cap, policy, ttl ms, index ttl ms, session id, token hash, expected
+/// epoch, then field/value pairs.
+/// Returns {'ok', evicted ids...}, {'rejected'} (cap) or {'changed'} (epoch moved on).
 const CREATE_SCRIPT: &str = r#"
+if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[8]) then return {'changed'} end
 local entries = redis.call('HGETALL', KEYS[1])
 local live = {}
 for i = 1, #entries, 2 do
@@ -83,7 +92,7 @@ if #live >= cap then
     table.insert(result, live[i][1])
   end
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -118,9 +127,13 @@ redis.call('HDEL', KEYS[1], ARGV[2])
 return redis.call('DEL', ARGV[1] .. hash)
 "#;
 
-/// KEYS[1] user index; ARGV[1] session key prefix, ARGV[2] the session id to keep (or '').
-/// Returns the ids of the live sessions ended.
+/// KEYS[1] user index, KEYS[2] the user's credential epoch; ARGV[1] session key prefix,
+/// ARGV[2] the session id to keep (or ''), ARGV[3] epoch ttl ms. Bumps the epoch, so a login
+/// that read it before cannot create its session any more. Returns the ids of the live
+/// sessions ended.
 const REVOKE_ALL_SCRIPT: &str = r#"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local entries = redis.call('HGETALL', KEYS[1])
 local ended = {}
 for i = 1, #entries, 2 do
@@ -243,6 +256,8 @@ fn unavailable(detail: String) -> StoreError {
 pub struct RedisSessionStore {
     connection: Arc<RedisConnection>,
     prefix: String,
+    /// How long a credential epoch is kept after its last bump.
+    epoch_ttl: Duration,
     scripts: Scripts,
 }
 
@@ -255,10 +270,12 @@ struct Scripts {
 }
 
 impl RedisSessionStore {
-    pub fn new(connection: Arc<RedisConnection>, prefix: &str) -> Self {
+    /// `epoch_ttl` must be at least the absolute session lifetime (see [`super::epoch_ttl`]).
+    pub fn new(connection: Arc<RedisConnection>, prefix: &str, epoch_ttl: Duration) -> Self {
         Self {
             connection,
             prefix: prefix.to_string(),
+            epoch_ttl,
             scripts: Scripts {
                 touch: script(TOUCH_SCRIPT),
                 create: script(CREATE_SCRIPT),
@@ -279,6 +296,10 @@ impl RedisSessionStore {
 
     fn user_index_key(&self, user_id: Uuid) -> String {
         format!("{}user:{}:sessions", self.prefix, user_id)
+    }
+
+    fn epoch_key(&self, user_id: Uuid) -> String {
+        format!("{}user:{}:epoch", self.prefix, user_id)
     }
 
     /// Runs a script on the user's index.
@@ -317,6 +338,7 @@ impl SessionStore for RedisSessionStore {
         session: &SessionData,
         idle: Duration,
         cap: SessionCap,
+        expected_epoch: u64,
     ) -> Result<Created, StoreError> {
         let mut connection = self.connection.get().await?;
         let lifetime = session.absolute_expiry_ms - session.created_at_ms;
@@ -327,6 +349,7 @@ impl SessionStore for RedisSessionStore {
             .key(self.user_index_key(session.user_id));
         invocation
             .key(self.session_key(token))
+            .key(self.epoch_key(session.user_id))
             .arg(self.session_prefix())
             .arg(cap.max_sessions)
             .arg(match cap.on_limit {
@@ -337,7 +360,8 @@ impl SessionStore for RedisSessionStore {
             // The index outlives every session it lists; refreshed at each login.
             .arg(lifetime)
             .arg(session.id.to_string())
-            .arg(token.to_hex());
+            .arg(token.to_hex())
+            .arg(expected_epoch);
         let fields = [
             ("id", session.id.to_string()),
             ("user", session.user_id.to_string()),
@@ -363,6 +387,7 @@ impl SessionStore for RedisSessionStore {
             Some((status, evicted)) if status == "ok" => Ok(Created::Ok {
                 evicted: evicted.iter().filter_map(|id| id.parse().ok()).collect(),
             }),
+            Some((status, _)) if status == "changed" => Ok(Created::CredentialsChanged),
             _ => Ok(Created::LimitReached),
         }
     }
@@ -410,15 +435,28 @@ impl SessionStore for RedisSessionStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
+        let mut connection = self.connection.get().await?;
+        let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
+        invocation
+            .key(self.epoch_key(user_id))
+            .arg(self.session_prefix())
+            .arg(optional(&keep))
+            .arg(millis(self.epoch_ttl));
         let ended: Vec<String> = self
-            .on_index(
-                "revoke_all",
-                &self.scripts.revoke_all,
-                user_id,
-                Some(optional(&keep)),
-            )
+            .connection
+            .call("revoke_all", invocation.invoke_async(&mut connection))
             .await?;
         Ok(ended.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {
+        let mut connection = self.connection.get().await?;
+        let key = self.epoch_key(user_id);
+        let epoch: Option<u64> = self
+            .connection
+            .call("credential_epoch", connection.get(key))
+            .await?;
+        Ok(epoch.unwrap_or(0))
     }
 
     async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError> {
@@ -443,6 +481,10 @@ impl SessionStore for RedisSessionStore {
                 Ok(())
             })
             .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
     }
 }
 

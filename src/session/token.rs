@@ -1,15 +1,12 @@
 //! Session tokens: 256 bits from the OS CSPRNG, hex in the cookie, SHA-256 in the stores.
 
 use rand::RngCore;
-use sha2::{Digest, Sha256};
+
+use crate::model::TokenHash;
 
 /// The secret a client presents. Deliberately not `Debug`/`Display`, so it cannot end up in a
 /// log line by accident.
 pub struct SessionToken(String);
-
-/// SHA-256 of a token: the only form the stores ever see.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenHash([u8; 32]);
 
 const TOKEN_BYTES: usize = 32;
 
@@ -35,25 +32,7 @@ impl SessionToken {
     }
 
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
-    }
-}
-
-impl TokenHash {
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    pub fn from_hex(text: &str) -> Option<TokenHash> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(TokenHash(bytes))
-    }
-}
-
-impl std::fmt::Debug for TokenHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenHash({}…)", &self.to_hex()[..8])
+        TokenHash::of(self.0.as_bytes())
     }
 }
 

@@ -1,30 +1,74 @@
 //! Durable records: users, session records, the audit trail. The `/auth` handlers talk to the
-//! [`RecordStore`] trait and never see SQL; `postgres` implements it (a SQLite implementation
-//! for the embedded mode slots in beside it).
+//! [`RecordStore`] trait and never see SQL; `postgres` implements it for a shared server and
+//! `sqlite` for the embedded mode (one file, one process). [`DatabaseUrl`] picks one, once, at
+//! start-up from `storage.database_url`; nothing else in the gateway knows which it got.
 //!
 //! Nothing on the proxied hot path calls this store.
 
 pub mod behind;
 pub mod postgres;
+mod sql;
+pub mod sqlite;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::session::TokenHash;
+pub use crate::model::StoreError;
+use crate::model::TokenHash;
 
-/// A failed store call, as the API must report it.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store is down, slow or refusing: the client should retry later (503).
-    #[error("{store} unavailable: {detail}")]
-    Unavailable { store: &'static str, detail: String },
-    /// A uniqueness rule was broken; the field that collided.
-    #[error("duplicate {0}")]
-    Conflict(&'static str),
+/// Which database holds the records, read from `storage.database_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://…` or `postgresql://…`, handed to sqlx as it is.
+    Postgres(String),
+    /// `sqlite://PATH`: `sqlite://authgate.db` is relative to the working directory,
+    /// `sqlite:///var/lib/authgate/authgate.db` is absolute.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Recognises the scheme; the message says what is accepted (the caller names the key).
+    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_string()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            // The path is taken literally. sqlx's own URL options (`?mode=…`, `:memory:`) are
+            // refused rather than half-honoured: authgate sets the pragmas that keep the file
+            // safe itself, and an in-memory database would lose every account on restart.
+            if path.is_empty() || path.ends_with('/') {
+                return Err(format!(
+                    "\"{url}\" names no file; write sqlite://authgate.db (relative to the working \
+                     directory) or sqlite:///var/lib/authgate/authgate.db (absolute)"
+                ));
+            }
+            if path.contains('?') || path.starts_with(':') {
+                return Err(format!(
+                    "\"{url}\": sqlite:// takes a file path only (no ?options, no :memory:)"
+                ));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        Err(
+            "must be a postgres:// (or postgresql://) URL, or sqlite://PATH for the embedded \
+             mode (e.g. sqlite://authgate.db or sqlite:///var/lib/authgate/authgate.db)"
+                .to_string(),
+        )
+    }
+
+    /// The backend's name, as logs, `/readyz` and the metrics' `store` label give it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Postgres(_) => "postgres",
+            DatabaseUrl::Sqlite(_) => "sqlite",
+        }
+    }
 }
 
 /// A user as the API shows it: never the password hash.
@@ -123,10 +167,47 @@ impl SessionEnd {
     }
 }
 
+/// What an audit row records (`auth_events.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    Register,
+    LoginOk,
+    LoginFailed,
+    LoginCredentialsChanged,
+    Locked,
+    Logout,
+    Revoke,
+    SessionEvicted,
+    PasswordChanged,
+    PasswordChangeFailed,
+    SessionIpChanged,
+    SessionUaChanged,
+}
+
+impl AuditKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Register => "register",
+            AuditKind::LoginOk => "login_ok",
+            AuditKind::LoginFailed => "login_failed",
+            AuditKind::LoginCredentialsChanged => "login_credentials_changed",
+            AuditKind::Locked => "locked",
+            AuditKind::Logout => "logout",
+            AuditKind::Revoke => "revoke",
+            AuditKind::SessionEvicted => "session_evicted",
+            AuditKind::PasswordChanged => "password_changed",
+            AuditKind::PasswordChangeFailed => "password_change_failed",
+            AuditKind::SessionIpChanged => "session_ip_changed",
+            AuditKind::SessionUaChanged => "session_ua_changed",
+        }
+    }
+}
+
 /// One row of the audit trail.
 #[derive(Debug)]
 pub struct AuthEvent {
-    pub kind: &'static str,
+    pub kind: AuditKind,
     pub user_id: Option<Uuid>,
     pub session_id: Option<Uuid>,
     pub ip: Option<IpAddr>,
@@ -136,6 +217,8 @@ pub struct AuthEvent {
 
 #[async_trait]
 pub trait RecordStore: Send + Sync {
+    /// `"postgres"` or `"sqlite"`: for logs, `/readyz` and metrics, which must not assume one.
+    fn backend(&self) -> &'static str;
     /// Brings the schema up to date.
     async fn migrate(&self) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
@@ -196,4 +279,43 @@ pub trait RecordStore: Send + Sync {
     /// Deletes ended session records that ended before `before`; returns how many.
     async fn purge_ended_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn count_active_sessions(&self) -> Result<i64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_picks_the_backend_by_scheme() {
+        let pg = "postgres://postgres@127.0.0.1:5432/test";
+        assert_eq!(
+            DatabaseUrl::parse(pg),
+            Ok(DatabaseUrl::Postgres(pg.to_string()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://db/x").map(|u| u.backend()),
+            Ok("postgres")
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://authgate.db"),
+            Ok(DatabaseUrl::Sqlite(PathBuf::from("authgate.db")))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/authgate/authgate.db"),
+            Ok(DatabaseUrl::Sqlite(PathBuf::from(
+                "/var/lib/authgate/authgate.db"
+            )))
+        );
+        for refused in [
+            "sqlite://",
+            "sqlite:///var/lib/",
+            "sqlite://:memory:",
+            "sqlite://a.db?mode=ro",
+            "sqlite:authgate.db",
+            "mysql://db/x",
+            "",
+        ] {
+            assert!(DatabaseUrl::parse(refused).is_err(), "{refused}");
+        }
+    }
 }

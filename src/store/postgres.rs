@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,11 +14,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
+use super::sql::Calls;
 use super::{
     ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord, NewUser, RecordStore,
     SessionEnd, SessionRecord, StoreError, User,
 };
-use crate::session::TokenHash;
+use crate::model::TokenHash;
 use crate::telemetry::{Metrics, Store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -27,8 +28,7 @@ const USER_COLUMNS: &str = "id, email, username, full_name, created_at, last_log
 
 pub struct PostgresStore {
     pool: PgPool,
-    timeout: Duration,
-    metrics: Arc<Metrics>,
+    calls: Calls,
 }
 
 impl PostgresStore {
@@ -46,67 +46,32 @@ impl PostgresStore {
             .connect_lazy(url)?;
         Ok(Self {
             pool,
-            timeout,
-            metrics,
+            calls: Calls {
+                backend: Store::Postgres,
+                timeout,
+                metrics,
+            },
         })
     }
-
-    /// Runs one store call with the timeout, metrics and error mapping every call shares.
-    async fn call<T>(
-        &self,
-        operation: &'static str,
-        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(map_error(error)),
-            Err(_) => Err(unavailable(format!("no answer within {:?}", self.timeout))),
-        };
-        let ok = !matches!(result, Err(StoreError::Unavailable { .. }));
-        self.metrics
-            .store_call(Store::Postgres, operation, started.elapsed(), ok);
-        if let Err(StoreError::Unavailable { detail, .. }) = &result {
-            tracing::warn!(operation, error = %detail, "postgres call failed");
-        }
-        result
-    }
-}
-
-fn unavailable(detail: String) -> StoreError {
-    StoreError::Unavailable {
-        store: "postgres",
-        detail,
-    }
-}
-
-fn map_error(error: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &error {
-        if db.is_unique_violation() {
-            let constraint = db.constraint().unwrap_or_default();
-            if constraint.contains("username") {
-                return StoreError::Conflict("username");
-            }
-            if constraint.contains("email") {
-                return StoreError::Conflict("email");
-            }
-        }
-    }
-    unavailable(error.to_string())
 }
 
 #[async_trait]
 impl RecordStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         // Not through `call`: a first migration may legitimately take longer than a request.
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| unavailable(format!("migration failed: {e}")))
+            .map_err(|e| self.calls.unavailable(format!("migration failed: {e}")))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call("ping", sqlx::query("SELECT 1").execute(&self.pool))
+        self.calls
+            .run("ping", sqlx::query("SELECT 1").execute(&self.pool))
             .await
             .map(|_| ())
     }
@@ -116,65 +81,69 @@ impl RecordStore for PostgresStore {
             "INSERT INTO users (id, email, username, full_name, password_hash) \
              VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
         );
-        self.call("create_user", async {
-            let row = sqlx::query(&sql)
-                .bind(Uuid::new_v4())
-                .bind(&user.email)
-                .bind(&user.username)
-                .bind(&user.full_name)
-                .bind(&user.password_hash)
-                .fetch_one(&self.pool)
-                .await?;
-            User::from_row(&row)
-        })
-        .await
+        self.calls
+            .run("create_user", async {
+                let row = sqlx::query(&sql)
+                    .bind(Uuid::new_v4())
+                    .bind(&user.email)
+                    .bind(&user.username)
+                    .bind(&user.full_name)
+                    .bind(&user.password_hash)
+                    .fetch_one(&self.pool)
+                    .await?;
+                User::from_row(&row)
+            })
+            .await
     }
 
     async fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
         let sql =
             format!("SELECT {USER_COLUMNS}, password_hash, is_active FROM users WHERE email = $1");
-        self.call("credentials_by_email", async {
-            let Some(row) = sqlx::query(&sql)
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(Credentials {
-                user: User::from_row(&row)?,
-                password_hash: row.try_get("password_hash")?,
-                is_active: row.try_get("is_active")?,
-            }))
-        })
-        .await
+        self.calls
+            .run("credentials_by_email", async {
+                let Some(row) = sqlx::query(&sql)
+                    .bind(email)
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(Credentials {
+                    user: User::from_row(&row)?,
+                    password_hash: row.try_get("password_hash")?,
+                    is_active: row.try_get("is_active")?,
+                }))
+            })
+            .await
     }
 
     async fn user(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        self.call("user", async {
-            let row = sqlx::query(&sql)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            row.as_ref().map(User::from_row).transpose()
-        })
-        .await
+        self.calls
+            .run("user", async {
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(User::from_row).transpose()
+            })
+            .await
     }
 
     async fn record_login(&self, user_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.call(
-            "record_login",
-            sqlx::query(
-                "UPDATE users SET last_login = $2, failed_login_attempts = 0, updated_at = $2 \
+        self.calls
+            .run(
+                "record_login",
+                sqlx::query(
+                    "UPDATE users SET last_login = $2, failed_login_attempts = 0, updated_at = $2 \
                  WHERE id = $1",
+                )
+                .bind(user_id)
+                .bind(at)
+                .execute(&self.pool),
             )
-            .bind(user_id)
-            .bind(at)
-            .execute(&self.pool),
-        )
-        .await
-        .map(|_| ())
+            .await
+            .map(|_| ())
     }
 
     async fn record_failed_login(
@@ -182,22 +151,23 @@ impl RecordStore for PostgresStore {
         user_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.call(
-            "record_failed_login",
-            sqlx::query(
-                "UPDATE users SET failed_login_attempts = failed_login_attempts + 1, \
+        self.calls
+            .run(
+                "record_failed_login",
+                sqlx::query(
+                    "UPDATE users SET failed_login_attempts = failed_login_attempts + 1, \
                  last_failed_attempt = $2 WHERE id = $1",
+                )
+                .bind(user_id)
+                .bind(at)
+                .execute(&self.pool),
             )
-            .bind(user_id)
-            .bind(at)
-            .execute(&self.pool),
-        )
-        .await
-        .map(|_| ())
+            .await
+            .map(|_| ())
     }
 
     async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.call(
+        self.calls.run(
             "insert_session",
             sqlx::query(
                 "INSERT INTO sessions (id, user_id, token_hash, ip, user_agent, device_id, ip_id, \
@@ -221,22 +191,23 @@ impl RecordStore for PostgresStore {
     }
 
     async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError> {
-        self.call(
-            "record_event",
-            sqlx::query(
-                "INSERT INTO auth_events (kind, user_id, session_id, ip, user_agent, detail) \
+        self.calls
+            .run(
+                "record_event",
+                sqlx::query(
+                    "INSERT INTO auth_events (kind, user_id, session_id, ip, user_agent, detail) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(event.kind.as_str())
+                .bind(event.user_id)
+                .bind(event.session_id)
+                .bind(event.ip)
+                .bind(&event.user_agent)
+                .bind(&event.detail)
+                .execute(&self.pool),
             )
-            .bind(event.kind)
-            .bind(event.user_id)
-            .bind(event.session_id)
-            .bind(event.ip)
-            .bind(&event.user_agent)
-            .bind(&event.detail)
-            .execute(&self.pool),
-        )
-        .await
-        .map(|_| ())
+            .await
+            .map(|_| ())
     }
 
     async fn upsert_device(
@@ -246,7 +217,7 @@ impl RecordStore for PostgresStore {
         label: &str,
         at: DateTime<Utc>,
     ) -> Result<Uuid, StoreError> {
-        self.call(
+        self.calls.run(
             "upsert_device",
             sqlx::query_scalar(
                 "INSERT INTO devices (id, user_id, user_agent, user_agent_hash, label, first_seen, \
@@ -272,7 +243,7 @@ impl RecordStore for PostgresStore {
         location: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<Uuid, StoreError> {
-        self.call(
+        self.calls.run(
             "upsert_ip",
             sqlx::query_scalar(
                 "INSERT INTO ip_addresses (id, user_id, address, location, first_seen, last_seen) \
@@ -292,41 +263,46 @@ impl RecordStore for PostgresStore {
     }
 
     async fn devices(&self, user_id: Uuid) -> Result<Vec<Device>, StoreError> {
-        self.call(
-            "devices",
-            sqlx::query_as(
-                "SELECT id, label, user_agent, first_seen, last_seen FROM devices \
+        self.calls
+            .run(
+                "devices",
+                sqlx::query_as(
+                    "SELECT id, label, user_agent, first_seen, last_seen FROM devices \
                  WHERE user_id = $1 ORDER BY last_seen DESC",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool),
             )
-            .bind(user_id)
-            .fetch_all(&self.pool),
-        )
-        .await
+            .await
     }
 
     async fn ips(&self, user_id: Uuid) -> Result<Vec<IpRecord>, StoreError> {
-        self.call(
-            "ips",
-            sqlx::query_as(
-                "SELECT id, address, location, first_seen, last_seen FROM ip_addresses \
+        self.calls
+            .run(
+                "ips",
+                sqlx::query_as(
+                    "SELECT id, address, location, first_seen, last_seen FROM ip_addresses \
                  WHERE user_id = $1 ORDER BY last_seen DESC",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool),
             )
-            .bind(user_id)
-            .fetch_all(&self.pool),
-        )
-        .await
+            .await
     }
 
     async fn set_password_hash(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError> {
-        self.call(
-            "set_password_hash",
-            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+        self.calls
+            .run(
+                "set_password_hash",
+                sqlx::query(
+                    "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+                )
                 .bind(user_id)
                 .bind(hash)
                 .execute(&self.pool),
-        )
-        .await
-        .map(|_| ())
+            )
+            .await
+            .map(|_| ())
     }
 
     async fn end_sessions(
@@ -339,20 +315,21 @@ impl RecordStore for PostgresStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        self.call(
-            "end_sessions",
-            sqlx::query(
-                "UPDATE sessions SET status = $2, ended_at = $3, end_reason = $4 \
+        self.calls
+            .run(
+                "end_sessions",
+                sqlx::query(
+                    "UPDATE sessions SET status = $2, ended_at = $3, end_reason = $4 \
                  WHERE id = ANY($1) AND status = 'active'",
+                )
+                .bind(ids)
+                .bind(end.status())
+                .bind(at)
+                .bind(reason)
+                .execute(&self.pool),
             )
-            .bind(ids)
-            .bind(end.status())
-            .bind(at)
-            .bind(reason)
-            .execute(&self.pool),
-        )
-        .await
-        .map(|result| result.rows_affected())
+            .await
+            .map(|result| result.rows_affected())
     }
 
     async fn record_activity(&self, batch: &[Activity]) -> Result<(), StoreError> {
@@ -364,37 +341,38 @@ impl RecordStore for PostgresStore {
         let ips: Vec<Option<Uuid>> = batch.iter().map(|a| a.ip_id).collect();
         let times: Vec<DateTime<Utc>> = batch.iter().map(|a| a.at).collect();
         // One statement per table, each a single UPDATE ... FROM unnest(...).
-        self.call("record_activity", async {
-            let mut transaction = self.pool.begin().await?;
-            sqlx::query(
-                "UPDATE sessions s SET last_activity = GREATEST(s.last_activity, b.at) \
+        self.calls
+            .run("record_activity", async {
+                let mut transaction = self.pool.begin().await?;
+                sqlx::query(
+                    "UPDATE sessions s SET last_activity = GREATEST(s.last_activity, b.at) \
                  FROM unnest($1::uuid[], $2::timestamptz[]) AS b(id, at) WHERE s.id = b.id",
-            )
-            .bind(&sessions)
-            .bind(&times)
-            .execute(&mut *transaction)
-            .await?;
-            sqlx::query(
-                "UPDATE devices d SET last_seen = GREATEST(d.last_seen, b.at) \
+                )
+                .bind(&sessions)
+                .bind(&times)
+                .execute(&mut *transaction)
+                .await?;
+                sqlx::query(
+                    "UPDATE devices d SET last_seen = GREATEST(d.last_seen, b.at) \
                  FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::timestamptz[]) \
                  AS u(id, at) WHERE id IS NOT NULL GROUP BY id) b WHERE d.id = b.id",
-            )
-            .bind(&devices)
-            .bind(&times)
-            .execute(&mut *transaction)
-            .await?;
-            sqlx::query(
-                "UPDATE ip_addresses i SET last_seen = GREATEST(i.last_seen, b.at) \
+                )
+                .bind(&devices)
+                .bind(&times)
+                .execute(&mut *transaction)
+                .await?;
+                sqlx::query(
+                    "UPDATE ip_addresses i SET last_seen = GREATEST(i.last_seen, b.at) \
                  FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::timestamptz[]) \
                  AS u(id, at) WHERE id IS NOT NULL GROUP BY id) b WHERE i.id = b.id",
-            )
-            .bind(&ips)
-            .bind(&times)
-            .execute(&mut *transaction)
-            .await?;
-            transaction.commit().await
-        })
-        .await
+                )
+                .bind(&ips)
+                .bind(&times)
+                .execute(&mut *transaction)
+                .await?;
+                transaction.commit().await
+            })
+            .await
     }
 
     async fn active_sessions(
@@ -402,49 +380,52 @@ impl RecordStore for PostgresStore {
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<ActiveRecord>, StoreError> {
-        self.call("active_sessions", async {
-            let rows = sqlx::query(
-                "SELECT id, token_hash, expires_at FROM sessions WHERE status = 'active' \
+        self.calls
+            .run("active_sessions", async {
+                let rows = sqlx::query(
+                    "SELECT id, token_hash, expires_at FROM sessions WHERE status = 'active' \
                  AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-            let mut records = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let hash: String = row.try_get("token_hash")?;
-                let Some(token_hash) = TokenHash::from_hex(&hash) else {
-                    continue;
-                };
-                records.push(ActiveRecord {
-                    id: row.try_get("id")?,
-                    token_hash,
-                    expires_at: row.try_get("expires_at")?,
-                });
-            }
-            Ok(records)
-        })
-        .await
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut records = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let hash: String = row.try_get("token_hash")?;
+                    let Some(token_hash) = TokenHash::from_hex(&hash) else {
+                        continue;
+                    };
+                    records.push(ActiveRecord {
+                        id: row.try_get("id")?,
+                        token_hash,
+                        expires_at: row.try_get("expires_at")?,
+                    });
+                }
+                Ok(records)
+            })
+            .await
     }
 
     async fn purge_ended_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.call(
-            "purge_ended_sessions",
-            sqlx::query("DELETE FROM sessions WHERE status <> 'active' AND ended_at < $1")
-                .bind(before)
-                .execute(&self.pool),
-        )
-        .await
-        .map(|result| result.rows_affected())
+        self.calls
+            .run(
+                "purge_ended_sessions",
+                sqlx::query("DELETE FROM sessions WHERE status <> 'active' AND ended_at < $1")
+                    .bind(before)
+                    .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected())
     }
 
     async fn count_active_sessions(&self) -> Result<i64, StoreError> {
-        self.call(
-            "count_active_sessions",
-            sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'active'")
-                .fetch_one(&self.pool),
-        )
-        .await
+        self.calls
+            .run(
+                "count_active_sessions",
+                sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'active'")
+                    .fetch_one(&self.pool),
+            )
+            .await
     }
 }

@@ -95,11 +95,34 @@ struct Driver {
 }
 
 impl Driver {
+    /// chromedriver listens on the port on both 127.0.0.1 and ::1 and exits when either is
+    /// taken; a port free on both a moment ago can still be taken by another process's
+    /// ephemeral connection, so a start that fails that way is retried on a fresh port.
     async fn start(dir: &Path) -> Self {
-        let binary = chromedriver_binary();
-        let port = crate::common::free_port();
+        const ATTEMPTS: usize = 5;
         let log_path = dir.join("chromedriver.log");
-        let log = std::fs::File::create(&log_path).expect("create chromedriver.log");
+        for attempt in 1..=ATTEMPTS {
+            let mut driver = Self::spawn(dir, &log_path);
+            match driver.wait_ready(&log_path).await {
+                Ok(()) => return driver,
+                Err(log) if attempt < ATTEMPTS && log.contains("Address already in use") => {
+                    eprintln!("chromedriver could not bind port {}; retrying on another", driver.port);
+                    // Dropping this attempt must not remove the directory the next one uses.
+                    std::mem::take(&mut driver.dir);
+                }
+                Err(log) => panic!(
+                    "chromedriver exited at start-up; its log ({}):\n{log}",
+                    log_path.display()
+                ),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    fn spawn(dir: &Path, log_path: &Path) -> Self {
+        let binary = chromedriver_binary();
+        let port = crate::common::free_port_dual_stack();
+        let log = std::fs::File::create(log_path).expect("create chromedriver.log");
         let child = Command::new(&binary)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
@@ -109,30 +132,26 @@ impl Driver {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", binary.display()));
-        let mut driver = Driver {
+        Driver {
             child,
             port,
             dir: dir.to_path_buf(),
-        };
-        driver.wait_ready(&log_path).await;
-        driver
+        }
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn wait_ready(&mut self, log_path: &Path) {
+    /// Waits until chromedriver answers `/status`; `Err(log)` when it exited at start-up.
+    async fn wait_ready(&mut self, log_path: &Path) -> Result<(), String> {
         let client = reqwest::Client::new();
         let status_url = format!("{}/status", self.url());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "chromedriver exited at start-up ({status}); its log ({}):\n{}",
-                    log_path.display(),
-                    std::fs::read_to_string(log_path).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                return Err(format!("({status})\n{log}"));
             }
             if let Ok(response) = client
                 .get(&status_url)
@@ -142,7 +161,7 @@ impl Driver {
             {
                 if let Ok(body) = response.json::<Value>().await {
                     if body["value"]["ready"] == json!(true) {
-                        return;
+                        return Ok(());
                     }
                 }
             }

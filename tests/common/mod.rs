@@ -1,14 +1,23 @@
 //! The one harness for authgate's black-box tests.
 //!
 //! Every test starts its own gateway process (`authgate --config <file>`) on free ports,
-//! against real stores, isolated from every other test:
+//! against real stores, isolated from every other test. `AUTHGATE_TEST_BACKEND` picks the
+//! backend pair for the whole run ([`pair`]):
 //!
-//! - Postgres: a fresh database `authgate_t_<hex>` per gateway, dropped (best effort) on Drop.
-//!   Base URL `postgres://postgres@127.0.0.1:5432/test`, or `AUTHGATE_TEST_DATABASE_URL`.
-//! - Redis: a random key prefix `authgate_t_<hex>:` per gateway; its keys are deleted on Drop.
-//!   URL `redis://127.0.0.1:6379`, or `AUTHGATE_TEST_REDIS_URL`.
+//! - `production` (the default): Postgres, a fresh database `authgate_t_<hex>` per gateway,
+//!   dropped (best effort) on Drop (base URL `postgres://postgres@127.0.0.1:5432/test`, or
+//!   `AUTHGATE_TEST_DATABASE_URL`); and Redis, a random key prefix `authgate_t_<hex>:` per
+//!   gateway whose keys are deleted on Drop (URL `redis://127.0.0.1:6379`, or
+//!   `AUTHGATE_TEST_REDIS_URL`).
+//! - `embedded`: a fresh SQLite file `authgate.db` in the gateway's temp dir and
+//!   `redis_url = ""` (the in-process session store and login guard); Postgres and Redis are
+//!   not touched.
 //! - Upstream: an in-process echo app ([`EchoServer`]) that answers every request with a JSON
 //!   description of what it received, so a test sees exactly which headers were forwarded.
+//!
+//! Tests read the database through [`Gateway::db`] / [`Gateway::query`] (see [`db`]), which
+//! work on both pairs. A test that only makes sense on one pair says so with
+//! [`require_backend`] (or [`only_on`] for one check), which prints a line in the output.
 //!
 //! An unreachable store is a panic naming the URL, never a silent skip: a test that did not
 //! run must not look like a test that passed.
@@ -17,6 +26,15 @@
 //! through [`Gateway::logs`], and a failing test prints its tail on Drop.
 
 #![allow(dead_code)]
+
+pub mod db;
+pub mod pair;
+
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub use db::{sqlite_time, uuid_bind, Bind, Cell, Db, Row};
+#[allow(unused_imports)]
+pub use pair::{backend, on_pair, only_on, require_backend, Backend, BACKEND_VAR};
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -35,6 +53,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 
 pub const COOKIE_NAME: &str = "authgate_session";
+/// A request header the echo upstream turns into a response header (`Name: value`).
+pub const ECHO_RESPONSE_HEADER: &str = "x-echo-response-header";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -71,6 +91,18 @@ pub fn free_port() -> u16 {
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
         if !handed_out.contains(&port) {
             handed_out.push(port);
+            return port;
+        }
+    }
+}
+
+/// A port free on both 127.0.0.1 and ::1 a moment ago, for programs that listen on both
+/// loopbacks (chromedriver). Falls back to an IPv4-only free port when IPv6 is unavailable.
+pub fn free_port_dual_stack() -> u16 {
+    let ipv6 = StdTcpListener::bind("[::1]:0").is_ok();
+    loop {
+        let port = free_port();
+        if !ipv6 || StdTcpListener::bind(("::1", port)).is_ok() {
             return port;
         }
     }
@@ -557,8 +589,14 @@ async fn serve_echo_connection(
         let close = headers
             .get("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        // `X-Echo-Response-Header: Name: value` asks for that header on the response.
+        let extra: String = header_list
+            .iter()
+            .filter(|(name, _)| name == ECHO_RESPONSE_HEADER)
+            .map(|(_, value)| format!("{value}\r\n"))
+            .collect();
         let mut response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}{extra}\r\n",
             payload.len(),
             if close { "Connection: close\r\n" } else { "" }
         )
@@ -682,6 +720,8 @@ pub struct RouteSpec {
     pub prefix: String,
     pub upstream: Upstream,
     pub auth: String,
+    /// Extra `key = value` lines for this `[[route]]`.
+    pub extra: Vec<String>,
 }
 
 impl RouteSpec {
@@ -690,7 +730,14 @@ impl RouteSpec {
             prefix: prefix.into(),
             upstream,
             auth: "required".into(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a `key = value` line to this route (e.g. `case_insensitive = true`).
+    pub fn with(mut self, line: &str) -> Self {
+        self.extra.push(line.into());
+        self
     }
 
     pub fn public(prefix: &str, upstream: Upstream) -> Self {
@@ -698,6 +745,7 @@ impl RouteSpec {
             prefix: prefix.into(),
             upstream,
             auth: "public".into(),
+            extra: Vec::new(),
         }
     }
 }
@@ -718,6 +766,8 @@ pub struct GatewayOptions {
     pub shutdown_grace: String,
     /// Extra `key = value` lines appended to `[session]`.
     pub session_extra: Vec<String>,
+    /// Extra `key = value` lines appended to `[server]`.
+    pub server_extra: Vec<String>,
     /// Use another gateway's database and Redis prefix instead of fresh ones (a scaled-out
     /// deployment). The other gateway owns and cleans them up.
     pub shared_stores: Option<SharedStores>,
@@ -769,6 +819,7 @@ impl Default for GatewayOptions {
             on_limit: None,
             shutdown_grace: "1s".into(),
             session_extra: Vec::new(),
+            server_extra: Vec::new(),
             shared_stores: None,
             trusted_proxies: Vec::new(),
             login_protection: None,
@@ -792,14 +843,19 @@ pub struct RenderTarget {
 }
 
 impl RenderTarget {
-    /// Free ports and the base stores, for configs that are only validated, never run.
+    /// Free ports and this pair's stores, for configs that are only validated, never run
+    /// (`authgate check` opens no store; the SQLite path is never created).
     pub fn for_check() -> Self {
+        let (database_url, redis_url) = match backend() {
+            Backend::Production => (base_database_url(), base_redis_url()),
+            Backend::Embedded => ("sqlite://authgate-check.db".to_string(), String::new()),
+        };
         RenderTarget {
             listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             echo: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            database_url: base_database_url(),
-            redis_url: base_redis_url(),
+            database_url,
+            redis_url,
             redis_prefix: format!("authgate_t_{}:", random_hex(6)),
         }
     }
@@ -835,7 +891,7 @@ impl GatewayOptions {
         self
     }
 
-    /// Connects the gateway to Postgres through `forwarder`.
+    /// Connects the gateway to Postgres through `forwarder` (production pair only).
     pub fn database_through(mut self, forwarder: &TcpForwarder) -> Self {
         self.database_through = Some(forwarder.addr);
         self
@@ -858,7 +914,16 @@ impl GatewayOptions {
         self
     }
 
+    /// A second instance on `other`'s database and Redis prefix. Production pair only (the
+    /// embedded pair runs one instance per SQLite file): guard the test with
+    /// [`require_backend`].
     pub fn sharing_stores_with(mut self, other: &Gateway) -> Self {
+        assert_eq!(
+            backend(),
+            Backend::Production,
+            "sharing_stores_with: the embedded pair runs one instance per SQLite file; guard \
+             the test with require_backend(Backend::Production, ...)"
+        );
         self.shared_stores = Some(SharedStores {
             database_url: other.database_url.clone(),
             redis_prefix: other.redis_prefix.clone(),
@@ -892,6 +957,12 @@ impl GatewayOptions {
         self
     }
 
+    /// A `key = value` line for `[server]`, e.g. `header_timeout = "1s"`.
+    pub fn server_setting(mut self, line: &str) -> Self {
+        self.server_extra.push(line.into());
+        self
+    }
+
     /// `geoip.database`: a MaxMind-format file (absolute path).
     pub fn geoip_database(mut self, path: &str) -> Self {
         self.geoip_database = Some(path.into());
@@ -915,7 +986,7 @@ impl GatewayOptions {
              threads = 2\n\
              trusted_proxies = [{}]\n\
              public_origin = \"http://{listen}\"\n\
-             shutdown_grace = {}\n\n",
+             shutdown_grace = {}\n",
             target.admin,
             self.trusted_proxies
                 .iter()
@@ -924,6 +995,11 @@ impl GatewayOptions {
                 .join(", "),
             toml_string(&self.shutdown_grace),
         ));
+        for line in &self.server_extra {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
         let redis_url = self.redis_url.as_deref().unwrap_or(&target.redis_url);
         out.push_str(&format!(
             "[storage]\n\
@@ -986,11 +1062,16 @@ impl GatewayOptions {
                 Upstream::Addr(addr) => addr.clone(),
             };
             out.push_str(&format!(
-                "[[route]]\nprefix = {}\nupstreams = [{}]\nauth = {}\n\n",
+                "[[route]]\nprefix = {}\nupstreams = [{}]\nauth = {}\n",
                 toml_string(&route.prefix),
                 toml_string(&upstream),
                 toml_string(&route.auth),
             ));
+            for line in &route.extra {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push('\n');
         }
         out
     }
@@ -1058,13 +1139,35 @@ pub fn run_check(config_text: &str) -> std::process::Output {
         .expect("run authgate check")
 }
 
+/// Starts `authgate --config <config>` in `dir`, appending its output to `log`.
+fn spawn_gateway(config: &Path, dir: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
+    gateway_command()
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", gateway_binary()))
+}
+
 /// One running gateway with its own database, Redis prefix, echo upstream and ports.
 pub struct Gateway {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub echo: EchoServer,
+    /// The pair it runs on.
+    pub backend: Backend,
+    /// `postgres://…/authgate_t_<hex>` or `sqlite://<temp dir>/authgate.db`.
     pub database_url: String,
+    /// The Redis it uses; empty on the embedded pair.
     pub redis_url: String,
+    /// Its Redis key prefix (meaningless on the embedded pair).
     pub redis_prefix: String,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -1091,19 +1194,39 @@ impl Gateway {
         options: GatewayOptions,
         edit: impl FnOnce(String) -> String,
     ) -> Self {
-        // Fail fast (and clearly) when a store is down; the redis_url option may deliberately
-        // point at a dead port, so only the real one is checked here.
-        drop(connect_redis(&base_redis_url()).await);
-        let (owned_database, database_url, redis_prefix) = match &options.shared_stores {
-            Some(shared) => (
-                None,
-                shared.database_url.clone(),
-                shared.redis_prefix.clone(),
-            ),
-            None => {
-                let (name, url) = create_test_database().await;
-                (Some(name), url, format!("authgate_t_{}:", random_hex(6)))
+        pair::announce_once();
+        let backend = backend();
+        let dir = TempDir::new();
+        let (owned_database, database_url, redis_url, redis_prefix) = match backend {
+            Backend::Production => {
+                // Fail fast (and clearly) when a store is down; the redis_url option may
+                // deliberately point at a dead port, so only the real one is checked here.
+                drop(connect_redis(&base_redis_url()).await);
+                match &options.shared_stores {
+                    Some(shared) => (
+                        None,
+                        shared.database_url.clone(),
+                        base_redis_url(),
+                        shared.redis_prefix.clone(),
+                    ),
+                    None => {
+                        let (name, url) = create_test_database().await;
+                        (
+                            Some(name),
+                            url,
+                            base_redis_url(),
+                            format!("authgate_t_{}:", random_hex(6)),
+                        )
+                    }
+                }
             }
+            // A fresh file per gateway, gone with its temp dir; no Redis at all.
+            Backend::Embedded => (
+                None,
+                format!("sqlite://{}", dir.path.join("authgate.db").display()),
+                String::new(),
+                format!("authgate_t_{}:", random_hex(6)),
+            ),
         };
         let echo = EchoServer::start().await;
         let target = RenderTarget {
@@ -1114,23 +1237,14 @@ impl Gateway {
                 Some(addr) => with_host_port(&database_url, &addr.to_string()),
                 None => database_url.clone(),
             },
-            redis_url: base_redis_url(),
+            redis_url,
             redis_prefix,
         };
-        let dir = TempDir::new();
         let config_path = dir.path.join("gateway.toml");
         let log_path = dir.path.join("gateway.log");
         std::fs::write(&config_path, edit(options.render(&target))).unwrap();
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = gateway_command()
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(&dir.path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", gateway_binary()));
+        std::fs::File::create(&log_path).unwrap();
+        let child = spawn_gateway(&config_path, &dir.path, &log_path);
 
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -1142,6 +1256,7 @@ impl Gateway {
             listen: target.listen,
             admin: target.admin,
             echo,
+            backend,
             database_url,
             redis_url: options.redis_url.clone().unwrap_or(target.redis_url),
             redis_prefix: target.redis_prefix,
@@ -1153,7 +1268,26 @@ impl Gateway {
             dir,
         };
         gateway.wait_until_up(options.wait_for_ready).await;
+        if options.wait_for_ready && options.redis_url.is_none() {
+            gateway.assert_runs_on_its_pair().await;
+        }
         gateway
+    }
+
+    /// `/readyz` names the session store and database the pair is made of: a harness that
+    /// rendered the wrong storage section must not pass for the other pair.
+    async fn assert_runs_on_its_pair(&self) {
+        let ready = json_body(self.admin_get("/readyz").await).await;
+        let (sessions, database) = self
+            .backend
+            .pick(("redis", "postgres"), ("memory", "sqlite"));
+        assert!(
+            ready["session_store_backend"] == sessions && ready["database_backend"] == database,
+            "the {} pair wants session store {sessions:?} and database {database:?}; /readyz \
+             says {ready}\nconfig:\n{}",
+            self.backend.name(),
+            std::fs::read_to_string(&self.config_path).unwrap_or_default()
+        );
     }
 
     /// Polls `/healthz` (or `/readyz`) until 200 and the public listener accepts connections.
@@ -1188,6 +1322,30 @@ impl Gateway {
 
     pub fn dir(&self) -> &Path {
         &self.dir.path
+    }
+
+    /// Stops the gateway with SIGTERM (it writes out what it holds, then exits) and starts it
+    /// again with the same config: same ports, same database, same Redis prefix. The log
+    /// goes on in the same file.
+    pub async fn restart(&mut self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        let exit = self.wait_for_exit(Duration::from_secs(15)).await;
+        assert!(
+            exit.is_some(),
+            "authgate still running 15 s after SIGTERM\nlog:\n{}",
+            self.logs()
+        );
+        self.child = Some(spawn_gateway(
+            &self.config_path,
+            &self.dir.path,
+            &self.log_path,
+        ));
+        self.wait_until_up(true).await;
     }
 
     pub fn pid(&self) -> u32 {
@@ -1412,13 +1570,92 @@ impl Gateway {
 
     // --- stores -----------------------------------------------------------------------------
 
-    /// A connection to this gateway's own database.
-    pub async fn db(&self) -> sqlx::PgConnection {
-        connect_postgres(&self.database_url).await
+    /// A connection to this gateway's own database (Postgres or its SQLite file).
+    pub async fn db(&self) -> Db {
+        Db::connect(&self.database_url).await
     }
 
-    /// Every key under this gateway's prefix with a textual dump of its value, whatever the type.
+    /// [`Db::query`] on a fresh connection to this gateway's database.
+    pub async fn query(&self, sql: &str, binds: &[Bind]) -> Vec<Row> {
+        self.db().await.query(sql, binds).await
+    }
+
+    /// [`Db::query_one`] on a fresh connection.
+    pub async fn query_one(&self, sql: &str, binds: &[Bind]) -> Row {
+        self.db().await.query_one(sql, binds).await
+    }
+
+    /// [`Db::query_opt`] on a fresh connection.
+    pub async fn query_opt(&self, sql: &str, binds: &[Bind]) -> Option<Row> {
+        self.db().await.query_opt(sql, binds).await
+    }
+
+    /// [`Db::count`] on a fresh connection: the integer a `SELECT count(*) …` returns.
+    pub async fn count(&self, sql: &str, binds: &[Bind]) -> i64 {
+        self.db().await.count(sql, binds).await
+    }
+
+    /// [`Db::texts`] on a fresh connection: the first column of every row, as text.
+    pub async fn texts(&self, sql: &str, binds: &[Bind]) -> Vec<String> {
+        self.db().await.texts(sql, binds).await
+    }
+
+    /// The SQLite file on the embedded pair.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.database_url
+            .strip_prefix("sqlite://")
+            .map(PathBuf::from)
+    }
+
+    /// Every row of every table in this gateway's database, as `(table, JSON text)`.
+    pub async fn database_dump(&self) -> Vec<(String, String)> {
+        self.db().await.dump().await
+    }
+
+    /// Everything this gateway keeps outside its process, as `(where, text)`: every Redis key
+    /// under its prefix with its value (production pair), every database row, and on the
+    /// embedded pair the raw bytes of the SQLite file and its WAL (free pages included), read
+    /// as text. What a thief who copied the stores would have.
+    pub async fn store_dump(&self) -> Vec<(String, String)> {
+        let mut dump: Vec<(String, String)> = Vec::new();
+        if self.backend == Backend::Production {
+            dump.extend(
+                self.redis_dump()
+                    .await
+                    .into_iter()
+                    .map(|(key, value)| (format!("redis {key}"), format!("{key} {value}"))),
+            );
+        }
+        dump.extend(
+            self.database_dump()
+                .await
+                .into_iter()
+                .map(|(table, row)| (format!("database {table}"), row)),
+        );
+        if let Some(path) = self.sqlite_path() {
+            for suffix in ["", "-wal"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                if let Ok(bytes) = std::fs::read(&file) {
+                    dump.push((
+                        format!("file {}", PathBuf::from(&file).display()),
+                        String::from_utf8_lossy(&bytes).to_string(),
+                    ));
+                }
+            }
+        }
+        dump
+    }
+
+    /// Every key under this gateway's prefix with a textual dump of its value, whatever the
+    /// type. Production pair only: the embedded pair keeps live sessions in the process.
     pub async fn redis_dump(&self) -> Vec<(String, String)> {
+        assert_eq!(
+            self.backend,
+            Backend::Production,
+            "redis_dump: the embedded pair has no Redis; guard the check with only_on or \
+             require_backend(Backend::Production, ...)"
+        );
         let url = base_redis_url();
         let keys = redis_keys(&url, &self.redis_prefix).await;
         let mut conn = connect_redis(&url).await;
@@ -1448,28 +1685,6 @@ impl Gateway {
                 .await
                 .unwrap_or(redis::Value::Nil);
             out.push((key, redis_value_text(&value)));
-        }
-        out
-    }
-
-    /// Every row of every table in this gateway's database, as JSON text (`row_to_json`).
-    pub async fn postgres_dump(&self) -> Vec<(String, String)> {
-        let mut conn = self.db().await;
-        let tables: Vec<(String,)> = sqlx::query_as(
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        let mut out = Vec::new();
-        for (table,) in tables {
-            let rows: Vec<(String,)> =
-                sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM \"{table}\" t"))
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap();
-            out.extend(rows.into_iter().map(|(row,)| (table.clone(), row)));
         }
         out
     }

@@ -1,4 +1,6 @@
-//! The one error type of the `/auth` API and its mapping to status, code and message.
+//! The one error type of everything the gateway answers itself — the `/auth` API, the proxy's
+//! own refusals (400, 404, 401, 429, 503), upstream failures (502/504) and the connection
+//! layer (408, 429, 503) — and its mapping to status, code and message, written once.
 //! Every error body is `{"error": {"code": "<snake_case>", "message": "<human text>"}}`.
 
 use std::time::Duration;
@@ -24,23 +26,50 @@ pub enum ApiError {
     Conflict(&'static str),
     /// 409: the per-user session cap is reached and the policy is `reject`.
     SessionLimit(u32),
+    /// 409: the password was changed, or every other session ended, while this login was
+    /// checking the password; no session was created.
+    CredentialsChanged,
     PayloadTooLarge(usize),
     UnsupportedMediaType,
     RateLimited(Duration),
+    /// 429: this address's sign-in attempts (`login_protection.max_attempts_per_ip`) are used up.
+    LoginAttemptsFromAddress(Duration),
+    /// 429: this address's sign-ups (`login_protection.max_registrations_per_ip`) are used up.
+    RegistrationsFromAddress(Duration),
     /// 429: too many failed logins for this account; locked for this long.
     Locked(Duration),
     /// 503: a store or the hashing pool cannot serve the request now.
     Unavailable(String),
+    /// 503: the in-process session store holds its maximum of live sessions.
+    SessionStoreFull(usize),
     /// 431: the request's headers (or its Cookie header) are too large.
     HeadersTooLarge(&'static str),
     /// 400: a request path the gateway will not route (dot segments, backslashes...).
     InvalidPath(&'static str),
+    /// 400: a request the gateway cannot read one way only (target form, Host, framing).
+    InvalidTarget {
+        code: &'static str,
+        message: String,
+    },
     /// 404: no route matches the path.
     NoRoute,
     /// 502/503/504: proxying to the upstream failed.
     Upstream(UpstreamFailure),
     /// 400: pingora could not make sense of the request.
     BadRequest,
+    /// 408: the request head did not arrive within `server.header_timeout`.
+    RequestTimeout,
+    /// 429 (this client's cap) or 503 (the gateway's cap): too many open connections.
+    TooManyConnections(ConnectionCap),
+}
+
+/// Which connection cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCap {
+    /// `server.max_connections_per_ip`: 429.
+    PerIp,
+    /// `server.max_connections`: 503.
+    Global,
 }
 
 /// How proxying to an upstream failed.
@@ -62,17 +91,23 @@ impl ApiError {
             ApiError::AccountDisabled | ApiError::Forbidden(_) => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::Conflict(_) | ApiError::SessionLimit(_) => 409,
+            ApiError::Conflict(_) | ApiError::SessionLimit(_) | ApiError::CredentialsChanged => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::HeadersTooLarge(_) => 431,
-            ApiError::InvalidPath(_) | ApiError::BadRequest => 400,
+            ApiError::InvalidPath(_) | ApiError::InvalidTarget { .. } | ApiError::BadRequest => 400,
             ApiError::NoRoute => 404,
             ApiError::Upstream(UpstreamFailure::NoneHealthy) => 503,
             ApiError::Upstream(UpstreamFailure::Timeout) => 504,
             ApiError::Upstream(UpstreamFailure::Failed) => 502,
             ApiError::UnsupportedMediaType => 415,
-            ApiError::RateLimited(_) | ApiError::Locked(_) => 429,
-            ApiError::Unavailable(_) => 503,
+            ApiError::RateLimited(_)
+            | ApiError::LoginAttemptsFromAddress(_)
+            | ApiError::RegistrationsFromAddress(_)
+            | ApiError::Locked(_) => 429,
+            ApiError::Unavailable(_) | ApiError::SessionStoreFull(_) => 503,
+            ApiError::RequestTimeout => 408,
+            ApiError::TooManyConnections(ConnectionCap::PerIp) => 429,
+            ApiError::TooManyConnections(ConnectionCap::Global) => 503,
         }
     }
 
@@ -89,18 +124,25 @@ impl ApiError {
             ApiError::Conflict("username") => "username_taken",
             ApiError::Conflict(_) => "conflict",
             ApiError::SessionLimit(_) => "session_limit_reached",
+            ApiError::CredentialsChanged => "credentials_changed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_)
+            | ApiError::LoginAttemptsFromAddress(_)
+            | ApiError::RegistrationsFromAddress(_) => "rate_limited",
             ApiError::Locked(_) => "account_locked",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::SessionStoreFull(_) => "session_store_full",
             ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::InvalidTarget { code, .. } => code,
             ApiError::NoRoute => "not_found",
             ApiError::Upstream(UpstreamFailure::NoneHealthy) => "upstream_unavailable",
             ApiError::Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
             ApiError::Upstream(UpstreamFailure::Failed) => "bad_gateway",
             ApiError::BadRequest => "bad_request",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManyConnections(_) => "too_many_connections",
         }
     }
 
@@ -117,6 +159,9 @@ impl ApiError {
             ApiError::SessionLimit(limit) => {
                 format!("this account already has {limit} active sessions; sign out of one first")
             }
+            ApiError::CredentialsChanged => "your account's credentials or sessions changed while \
+                signing in; sign in again"
+                .to_string(),
             ApiError::PayloadTooLarge(limit) => {
                 format!("request body exceeds the {limit}-byte limit")
             }
@@ -125,14 +170,30 @@ impl ApiError {
                     .to_string()
             }
             ApiError::RateLimited(_) => "too many requests; retry later".to_string(),
+            ApiError::LoginAttemptsFromAddress(wait) => format!(
+                "too many sign-in attempts from your network (the per-address limit, \
+                 login_protection.max_attempts_per_ip); try again in {}",
+                human_wait(*wait)
+            ),
+            ApiError::RegistrationsFromAddress(wait) => format!(
+                "too many sign-ups from your network (the per-address limit, \
+                 login_protection.max_registrations_per_ip); try again in {}",
+                human_wait(*wait)
+            ),
             ApiError::Locked(wait) => format!(
-                "too many failed sign-in attempts; try again in {}",
+                "too many failed sign-in attempts for this account (the account lockout, \
+                 login_protection.max_failures); try again in {}",
                 human_wait(*wait)
             ),
             ApiError::Unavailable(_) => "temporarily unavailable; retry shortly".to_string(),
+            ApiError::SessionStoreFull(limit) => format!(
+                "the gateway already holds its maximum of {limit} live sessions \
+                 (storage.max_sessions); sign-in works again as sessions end"
+            ),
             ApiError::HeadersTooLarge(message) | ApiError::InvalidPath(message) => {
                 message.to_string()
             }
+            ApiError::InvalidTarget { message, .. } => message.clone(),
             ApiError::NoRoute => "no route for this path".to_string(),
             ApiError::Upstream(UpstreamFailure::NoneHealthy) => {
                 "no healthy upstream for this route".to_string()
@@ -144,16 +205,26 @@ impl ApiError {
                 "the upstream is unreachable or failed".to_string()
             }
             ApiError::BadRequest => "malformed request".to_string(),
+            ApiError::RequestTimeout => "the request headers did not arrive in time".to_string(),
+            ApiError::TooManyConnections(ConnectionCap::PerIp) => {
+                "too many open connections from this address; close some and retry".to_string()
+            }
+            ApiError::TooManyConnections(ConnectionCap::Global) => {
+                "the gateway has too many open connections; retry shortly".to_string()
+            }
         }
     }
 
     /// Seconds for a `Retry-After` header, where one applies.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited(wait) | ApiError::Locked(wait) => {
-                Some(wait.as_secs_f64().ceil().max(1.0) as u64)
-            }
-            ApiError::Unavailable(_) | ApiError::Upstream(UpstreamFailure::NoneHealthy) => Some(1),
+            ApiError::RateLimited(wait)
+            | ApiError::LoginAttemptsFromAddress(wait)
+            | ApiError::RegistrationsFromAddress(wait)
+            | ApiError::Locked(wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ApiError::Unavailable(_)
+            | ApiError::Upstream(UpstreamFailure::NoneHealthy)
+            | ApiError::TooManyConnections(_) => Some(1),
             _ => None,
         }
     }
@@ -184,6 +255,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(field) => ApiError::Conflict(field),
+            StoreError::Full { limit, .. } => ApiError::SessionStoreFull(limit),
             StoreError::Unavailable { .. } => ApiError::Unavailable(error.to_string()),
         }
     }

@@ -1,17 +1,5 @@
-//! Brute-force protection for `/auth/login` (SPEC §5), shared by every gateway instance through
-//! Redis:
-//! - per account: `max_failures` failed logins within `window` lock the account for `lockout`;
-//!   a locked account answers 429 even to the right password. Counted per normalised email
-//!   whether or not the account exists, so a lockout reveals nothing about which emails exist.
-//!   Keys hold the email's SHA-256, not the email.
-//! - per client IP: at most `max_attempts_per_ip` login attempts per `window`.
-//!
-//! Each step is one atomic Lua script. Password checks in flight are counted per account, and
-//! no new check starts while failures plus checks in flight reach `max_failures` (the attempt
-//! waits its turn instead), so concurrent guesses cannot slip past the limit: at most
-//! `max_failures` wrong passwords are checked per account per lockout, while concurrent
-//! correct logins all go through.
-//! When Redis cannot be asked, logins fail closed (503).
+//! [`LoginGuard`] on Redis, shared by every gateway instance: each step is one atomic Lua
+//! script. Keys hold the email's SHA-256, not the email.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,10 +9,11 @@ use async_trait::async_trait;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
+use super::{LoginGuard, Outcome, Refusal};
 use crate::config::LoginProtectionSection;
 use crate::limits::ip_rate::client_bucket;
+use crate::model::StoreError;
 use crate::session::redis::RedisConnection;
-use crate::store::StoreError;
 
 /// KEYS[1] account lock, KEYS[2] IP attempt counter, KEYS[3] account failures,
 /// KEYS[4] account checks in flight; ARGV window ms, max per IP, max failures, in-flight ttl ms.
@@ -69,41 +58,23 @@ end
 return 0
 "#;
 
+/// Counts one registration attempt. KEYS[1] the IP's registration counter; ARGV window ms, max
+/// per IP. Returns 0 to go ahead, else the ms left in the window.
+const REGISTER_SCRIPT: &str = r#"
+local attempts = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+if attempts > tonumber(ARGV[2]) then return left end
+return 0
+"#;
+
 /// A check left in flight by a crashed process stops counting after this long.
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
 /// How often a waiting attempt asks again.
 const WAIT_STEP: Duration = Duration::from_millis(20);
-
-/// Why a login attempt may not proceed.
-#[derive(Debug)]
-pub enum Refusal {
-    AccountLocked(Duration),
-    TooManyFromIp(Duration),
-    /// The account's attempts in flight did not drain in time.
-    Busy,
-}
-
-/// How a checked attempt ended.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome {
-    Failed,
-    Succeeded,
-    /// No verdict on the password (a store was down): counts as nothing.
-    Undecided,
-}
-
-/// Brute-force bookkeeping for password checks, behind which store it lives (Redis here; an
-/// in-process one slots in for the embedded mode).
-#[async_trait]
-pub trait LoginGuard: Send + Sync {
-    /// Called before a password is checked; counts the attempt against the IP. At most
-    /// `max_failures - failures so far` checks per account run at once; further attempts wait
-    /// their turn. Every attempt that proceeds must end in [`LoginGuard::finish`].
-    async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError>;
-
-    /// Ends a checked attempt. Returns the lockout if this failure locked the account.
-    async fn finish(&self, email: &str, outcome: Outcome) -> Result<Option<Duration>, StoreError>;
-}
 
 /// [`LoginGuard`] on Redis: one atomic Lua script per step, shared by every instance.
 pub struct RedisLoginGuard {
@@ -112,6 +83,7 @@ pub struct RedisLoginGuard {
     config: LoginProtectionSection,
     begin: Script,
     finish: Script,
+    register: Script,
     /// How long an attempt may wait for its turn (the password pool's queue timeout).
     max_wait: Duration,
 }
@@ -129,6 +101,7 @@ impl RedisLoginGuard {
             config,
             begin: Script::new(BEGIN_SCRIPT),
             finish: Script::new(FINISH_SCRIPT),
+            register: Script::new(REGISTER_SCRIPT),
             max_wait,
         }
     }
@@ -142,6 +115,10 @@ impl RedisLoginGuard {
     /// through its own addresses.
     fn ip_key(&self, ip: IpAddr) -> String {
         format!("{}login_attempts:{}", self.prefix, client_bucket(ip))
+    }
+
+    fn registration_key(&self, ip: IpAddr) -> String {
+        format!("{}register_attempts:{}", self.prefix, client_bucket(ip))
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -199,6 +176,15 @@ impl LoginGuard for RedisLoginGuard {
             .arg(millis(self.config.lockout));
         let locked_ms: i64 = self.run("login_finish", invocation).await?;
         Ok((locked_ms > 0).then(|| Duration::from_millis(u64::try_from(locked_ms).unwrap_or(0))))
+    }
+
+    async fn begin_registration(&self, ip: IpAddr) -> Result<Option<Duration>, StoreError> {
+        let mut invocation = self.register.key(self.registration_key(ip));
+        invocation
+            .arg(millis(self.config.window))
+            .arg(self.config.max_registrations_per_ip);
+        let wait_ms: i64 = self.run("register_begin", invocation).await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))))
     }
 }
 

@@ -1,0 +1,40 @@
+//! authgate as a library: the gateway's modules, so the `authgate` binary, the store contract
+//! tests and future tools share one implementation. `server::run` is the entry point.
+
+pub mod admin;
+pub mod auth;
+pub mod client_ip;
+pub mod config;
+pub mod connections;
+pub mod demo;
+pub mod device;
+pub mod error;
+pub mod gateway;
+pub mod geo;
+pub mod identity;
+pub mod limits;
+pub mod model;
+pub mod password;
+pub mod path;
+pub mod respond;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod target;
+pub mod telemetry;
+
+#[cfg(test)]
+pub mod test_support {
+    /// A header map from `(name, value)` pairs (repeats allowed).
+    pub fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
+                value.parse().expect("test header value"),
+            );
+        }
+        map
+    }
+}

@@ -1,0 +1,73 @@
+//! What the two SQL record stores (`postgres`, `sqlite`) share: every call is bounded by the
+//! configured timeout, timed into the store metrics, and its errors are mapped one way — a
+//! uniqueness violation names the field that collided (`Conflict("email" | "username")`),
+//! anything else is `Unavailable` (503), logged once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::StoreError;
+use crate::telemetry::{Metrics, Store};
+
+pub(super) struct Calls {
+    pub backend: Store,
+    pub timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Calls {
+    /// Runs one store call with the timeout, metrics and error mapping every call shares.
+    pub async fn run<T>(
+        &self,
+        operation: &'static str,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(self.map_error(error)),
+            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
+        };
+        let ok = !matches!(result, Err(StoreError::Unavailable { .. }));
+        self.metrics
+            .store_call(self.backend, operation, started.elapsed(), ok);
+        if let Err(StoreError::Unavailable { detail, .. }) = &result {
+            tracing::warn!(
+                operation,
+                backend = self.backend.label(),
+                error = %detail,
+                "database call failed"
+            );
+        }
+        result
+    }
+
+    pub fn unavailable(&self, detail: String) -> StoreError {
+        StoreError::Unavailable {
+            store: match self.backend {
+                Store::Sqlite => "database (sqlite)",
+                _ => "database (postgres)",
+            },
+            detail,
+        }
+    }
+
+    fn map_error(&self, error: sqlx::Error) -> StoreError {
+        if let sqlx::Error::Database(db) = &error {
+            if db.is_unique_violation() {
+                // Postgres names the constraint (`users_email_key`); SQLite names the column in
+                // its message ("UNIQUE constraint failed: users.email").
+                let source = db
+                    .constraint()
+                    .map_or_else(|| db.message().to_string(), str::to_string);
+                if source.contains("username") {
+                    return StoreError::Conflict("username");
+                }
+                if source.contains("email") {
+                    return StoreError::Conflict("email");
+                }
+            }
+        }
+        self.unavailable(error.to_string())
+    }
+}

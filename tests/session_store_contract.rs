@@ -1,0 +1,376 @@
+//! The session store contract: one set of cases, run against every [`SessionStore`]
+//! implementation — Redis (a real server, a random key prefix per test) and the in-process
+//! store of the embedded mode — so both keep one policy: sliding idle expiry capped by the
+//! absolute lifetime, the per-user cap (evict the least recently active, or refuse) enforced
+//! atomically under concurrency, listing and revocation through the per-user index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authgate::config::OnLimit;
+use authgate::session::memory::MemorySessionStore;
+use authgate::session::redis::{RedisConnection, RedisSessionStore};
+use authgate::session::{Created, SessionCap, SessionData, SessionStore, SessionToken, TokenHash};
+use authgate::store::StoreError;
+use authgate::telemetry::Metrics;
+use uuid::Uuid;
+
+const IDLE: Duration = Duration::from_secs(3600);
+
+fn redis_url() -> String {
+    std::env::var("AUTHGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn redis_store() -> Arc<dyn SessionStore> {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    if client.get_connection().is_err() {
+        panic!("Redis is not reachable at {url} (set AUTHGATE_TEST_REDIS_URL)");
+    }
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let connection = RedisConnection::new(
+        &url,
+        Duration::from_secs(2),
+        tokio::runtime::Handle::current(),
+        metrics,
+    )
+    .unwrap();
+    let prefix = format!("authgate_contract_{}:", Uuid::new_v4().simple());
+    Arc::new(RedisSessionStore::new(
+        Arc::new(connection),
+        &prefix,
+        Duration::from_secs(3600),
+    ))
+}
+
+fn memory_store() -> Arc<dyn SessionStore> {
+    Arc::new(MemorySessionStore::new(10_000, Duration::from_secs(3600)))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn session(user_id: Uuid, lifetime: Duration) -> (TokenHash, SessionData) {
+    let created = now_ms();
+    let data = SessionData {
+        id: Uuid::new_v4(),
+        user_id,
+        email: "ada@example.com".into(),
+        ip: "127.0.0.1".parse().unwrap(),
+        user_agent: "contract".into(),
+        device_id: Some(Uuid::new_v4()),
+        device_label: "Test".into(),
+        ip_id: None,
+        location: Some("Local".into()),
+        created_at_ms: created,
+        absolute_expiry_ms: created + i64::try_from(lifetime.as_millis()).unwrap(),
+    };
+    (SessionToken::generate().hash(), data)
+}
+
+fn cap(max: u32, on_limit: OnLimit) -> SessionCap {
+    SessionCap {
+        max_sessions: max,
+        on_limit,
+    }
+}
+
+async fn create(
+    store: &Arc<dyn SessionStore>,
+    token: &TokenHash,
+    data: &SessionData,
+    max: u32,
+) -> Created {
+    store
+        .create(token, data, IDLE, cap(max, OnLimit::EvictOldest), 0)
+        .await
+        .unwrap()
+}
+
+/// Runs `case` against every implementation.
+macro_rules! contract {
+    ($name:ident, $case:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_redis() {
+                $case(redis_store()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_memory() {
+                $case(memory_store()).await;
+            }
+        }
+    };
+}
+
+async fn created_sessions_are_found_and_slide(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let (token, data) = session(user, Duration::from_secs(86_400));
+    assert!(
+        matches!(create(&store, &token, &data, 5).await, Created::Ok { evicted } if evicted.is_empty())
+    );
+    let later = now_ms() + 1_000;
+    let live = store.touch(&token, later, IDLE).await.unwrap().unwrap();
+    assert_eq!(live.data.id, data.id);
+    assert_eq!(live.data.email, data.email);
+    assert_eq!(live.data.location.as_deref(), Some("Local"));
+    assert_eq!(live.last_activity_ms, later);
+    assert_eq!(live.idle_remaining, IDLE);
+    let unknown = SessionToken::generate().hash();
+    assert!(store.touch(&unknown, later, IDLE).await.unwrap().is_none());
+}
+contract!(created_sessions, created_sessions_are_found_and_slide);
+
+async fn idle_sessions_expire(store: Arc<dyn SessionStore>) {
+    let (token, data) = session(Uuid::new_v4(), Duration::from_secs(3600));
+    store
+        .create(
+            &token,
+            &data,
+            Duration::from_millis(400),
+            cap(5, OnLimit::EvictOldest),
+            0,
+        )
+        .await
+        .unwrap();
+    // Used within the idle time: it slides.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store
+        .touch(&token, now_ms(), Duration::from_millis(400))
+        .await
+        .unwrap()
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store
+        .touch(&token, now_ms(), Duration::from_millis(400))
+        .await
+        .unwrap()
+        .is_some());
+    // Left alone past it: gone.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(store
+        .touch(&token, now_ms(), Duration::from_millis(400))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.list(data.user_id).await.unwrap().is_empty());
+}
+contract!(idle_expiry, idle_sessions_expire);
+
+async fn the_absolute_lifetime_caps_the_slide(store: Arc<dyn SessionStore>) {
+    let (token, data) = session(Uuid::new_v4(), Duration::from_millis(700));
+    create(&store, &token, &data, 5).await;
+    let live = store.touch(&token, now_ms(), IDLE).await.unwrap().unwrap();
+    assert!(
+        live.idle_remaining <= Duration::from_millis(700),
+        "{:?}",
+        live.idle_remaining
+    );
+    // Past the absolute expiry it is gone, however recently used.
+    let after = data.absolute_expiry_ms + 1;
+    assert!(store.touch(&token, after, IDLE).await.unwrap().is_none());
+}
+contract!(absolute_lifetime, the_absolute_lifetime_caps_the_slide);
+
+async fn the_cap_evicts_the_least_recently_active(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let (first_token, first) = session(user, Duration::from_secs(3600));
+    create(&store, &first_token, &first, 2).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (second_token, second) = session(user, Duration::from_secs(3600));
+    create(&store, &second_token, &second, 2).await;
+    // The first is used after the second was made: the second is now the least recent.
+    store
+        .touch(&first_token, now_ms() + 10, IDLE)
+        .await
+        .unwrap()
+        .unwrap();
+    let (third_token, third) = session(user, Duration::from_secs(3600));
+    let Created::Ok { evicted } = create(&store, &third_token, &third, 2).await else {
+        panic!("evict_oldest never refuses");
+    };
+    assert_eq!(evicted, vec![second.id]);
+    assert!(store
+        .touch(&second_token, now_ms(), IDLE)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.list(user).await.unwrap().len(), 2);
+}
+contract!(cap_evicts, the_cap_evicts_the_least_recently_active);
+
+async fn the_cap_can_refuse(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    for _ in 0..2 {
+        let (token, data) = session(user, Duration::from_secs(3600));
+        store
+            .create(&token, &data, IDLE, cap(2, OnLimit::Reject), 0)
+            .await
+            .unwrap();
+    }
+    let (token, data) = session(user, Duration::from_secs(3600));
+    let outcome = store
+        .create(&token, &data, IDLE, cap(2, OnLimit::Reject), 0)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Created::LimitReached));
+    assert!(store.touch(&token, now_ms(), IDLE).await.unwrap().is_none());
+    assert_eq!(store.list(user).await.unwrap().len(), 2);
+}
+contract!(cap_refuses, the_cap_can_refuse);
+
+async fn concurrent_logins_never_overshoot_the_cap(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (token, data) = session(user, Duration::from_secs(3600));
+            create(&store, &token, &data, 5).await;
+            token
+        }));
+    }
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(task.await.unwrap());
+    }
+    assert_eq!(store.list(user).await.unwrap().len(), 5);
+    let live = store.live(&tokens).await.unwrap();
+    assert_eq!(live.iter().filter(|live| **live).count(), 5);
+}
+contract!(concurrent_cap, concurrent_logins_never_overshoot_the_cap);
+
+async fn revocation_is_immediate_and_per_user(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let other_user = Uuid::new_v4();
+    let (a_token, a) = session(user, Duration::from_secs(3600));
+    let (b_token, b) = session(user, Duration::from_secs(3600));
+    let (c_token, c) = session(user, Duration::from_secs(3600));
+    let (other_token, other) = session(other_user, Duration::from_secs(3600));
+    for (token, data) in [
+        (&a_token, &a),
+        (&b_token, &b),
+        (&c_token, &c),
+        (&other_token, &other),
+    ] {
+        create(&store, token, data, 5).await;
+    }
+    // Someone else's session id is not found through my index.
+    assert!(!store.revoke(user, other.id).await.unwrap());
+    assert!(store
+        .touch(&other_token, now_ms(), IDLE)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store.revoke(user, a.id).await.unwrap());
+    assert!(!store.revoke(user, a.id).await.unwrap(), "revoking twice");
+    assert!(store
+        .touch(&a_token, now_ms(), IDLE)
+        .await
+        .unwrap()
+        .is_none());
+    let mut ended = store.revoke_all_except(user, Some(b.id)).await.unwrap();
+    ended.sort();
+    assert_eq!(ended, vec![c.id]);
+    let live = store
+        .live(&[a_token, b_token, c_token, other_token])
+        .await
+        .unwrap();
+    assert_eq!(live, vec![false, true, false, true]);
+    let listed = store.list(user).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].data.id, b.id);
+    assert_eq!(
+        store.revoke_all_except(user, None).await.unwrap(),
+        vec![b.id]
+    );
+    assert!(store.list(user).await.unwrap().is_empty());
+    store.ping().await.unwrap();
+}
+contract!(revocation, revocation_is_immediate_and_per_user);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_store_is_bounded() {
+    let store = MemorySessionStore::new(3, Duration::from_secs(3600));
+    let user = Uuid::new_v4();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let (token, data) = session(Uuid::new_v4(), Duration::from_secs(3600));
+        store
+            .create(
+                &token,
+                &data,
+                Duration::from_millis(300),
+                cap(5, OnLimit::EvictOldest),
+                0,
+            )
+            .await
+            .unwrap();
+        tokens.push(token);
+    }
+    let (token, data) = session(user, Duration::from_secs(3600));
+    let full = store
+        .create(&token, &data, IDLE, cap(5, OnLimit::EvictOldest), 0)
+        .await;
+    assert!(
+        matches!(full, Err(StoreError::Full { limit: 3, .. })),
+        "{full:?}"
+    );
+    // Once those idle out, the places are free again (swept on demand and periodically).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.sweep(), 0);
+    store
+        .create(&token, &data, IDLE, cap(5, OnLimit::EvictOldest), 0)
+        .await
+        .unwrap();
+}
+
+async fn a_revoke_all_moves_the_credential_epoch(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let epoch = store.credential_epoch(user).await.unwrap();
+    assert_eq!(epoch, 0);
+    let (token, data) = session(user, Duration::from_secs(3600));
+    store
+        .create(&token, &data, IDLE, cap(5, OnLimit::EvictOldest), epoch)
+        .await
+        .unwrap();
+    // A login that read the epoch before a revoke-all cannot create a session after it.
+    store.revoke_all_except(user, Some(data.id)).await.unwrap();
+    let moved = store.credential_epoch(user).await.unwrap();
+    assert_ne!(moved, epoch);
+    let (late_token, late) = session(user, Duration::from_secs(3600));
+    let outcome = store
+        .create(
+            &late_token,
+            &late,
+            IDLE,
+            cap(5, OnLimit::EvictOldest),
+            epoch,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Created::CredentialsChanged));
+    assert!(store
+        .touch(&late_token, now_ms(), IDLE)
+        .await
+        .unwrap()
+        .is_none());
+    // With the current epoch it can; other users' epochs never moved.
+    let outcome = store
+        .create(
+            &late_token,
+            &late,
+            IDLE,
+            cap(5, OnLimit::EvictOldest),
+            moved,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Created::Ok { .. }));
+    assert_eq!(store.credential_epoch(Uuid::new_v4()).await.unwrap(), 0);
+}
+contract!(credential_epoch, a_revoke_all_moves_the_credential_epoch);
