@@ -63,9 +63,10 @@ pub struct Gateway {
     /// Requests being handled now (for an early exit on SIGTERM once none are left).
     pub in_flight: Arc<AtomicUsize>,
     pub routes: Arc<ArcSwap<RouteTable>>,
-    pub limiter: Arc<IpRateLimiter>,
+    /// This and `identity_headers` are swapped whole by a hot reload, like `routes`.
+    pub limiter: Arc<ArcSwap<IpRateLimiter>>,
     pub trusted_proxies: Vec<IpNet>,
-    pub identity_headers: IdentityHeaders,
+    pub identity_headers: Arc<ArcSwap<IdentityHeaders>>,
     pub sessions: Arc<Sessions>,
     pub auth: Arc<AuthApi>,
     pub metrics: Arc<Metrics>,
@@ -142,7 +143,7 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = Some(client_ip);
         ctx.via_trusted_proxy = via_trusted_proxy;
 
-        if let Err(exceeded) = self.limiter.check(client_ip) {
+        if let Err(exceeded) = self.limiter.load().check(client_ip) {
             self.metrics.decision(Decision::RateLimited);
             let error = ApiError::RateLimited(exceeded.retry_after);
             let reset = error.retry_after().unwrap_or(1).to_string();
@@ -177,6 +178,7 @@ impl ProxyHttp for Gateway {
         };
 
         self.identity_headers
+            .load()
             .strip(session.req_header_mut(), via_trusted_proxy);
 
         if AuthApi::is_auth_path(target.path.as_str()) {
@@ -355,7 +357,7 @@ impl Gateway {
     /// gateway's own response headers (`nosniff`, HSTS) are added.
     fn guard_response(&self, response: &mut ResponseHeader) -> pingora::Result<()> {
         cookie::drop_set_cookies_for(response, &self.own_cookies())?;
-        self.identity_headers.strip_response(response);
+        self.identity_headers.load().strip_response(response);
         self.respond.secure_proxied(response)
     }
 

@@ -1,6 +1,6 @@
 //! authgate: a reverse-proxy authentication gateway on Pingora.
 //!
-//! CLI: `authgate [--config FILE]` runs the gateway; `authgate check --config FILE` validates a
+//! CLI: `authgate [--config FILE]` (or `authgate run [--upgrade]`) runs the gateway; `authgate check --config FILE` validates a
 //! config and exits; `authgate migrate --config FILE` applies database migrations and exits.
 
 use std::path::PathBuf;
@@ -27,7 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run {
+        /// Graceful binary upgrade: take over the listening sockets of the running authgate
+        /// (through `server.upgrade_sock`), then send it SIGQUIT to hand them over and drain.
+        #[arg(long, short = 'u')]
+        upgrade: bool,
+    },
     /// Validate the config file and exit: 0 if valid, 1 with the offending key if not.
     Check,
     /// Apply database migrations and exit.
@@ -43,13 +48,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = match cli.command.unwrap_or(Command::Run) {
+    let outcome = match cli.command.unwrap_or(Command::Run { upgrade: false }) {
         Command::Check => {
             println!("{}: configuration is valid", cli.config.display());
             Ok(())
         }
         Command::Migrate => server::migrate(config),
-        Command::Run => server::run(config),
+        Command::Run { upgrade } => server::run(
+            config,
+            server::RunOptions {
+                config_path: cli.config,
+                upgrade,
+            },
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -188,6 +188,8 @@ impl Route {
 pub struct RouteTable {
     /// Sorted so that the first match is the best one.
     routes: Vec<Arc<Route>>,
+    /// Set by [`RouteTable::retire`]: the table's background work stops.
+    retired: tokio::sync::watch::Sender<bool>,
     /// Some upstream reads paths like IIS: 8.3 short names (`ADMINI~1`) are refused too.
     folds_case: bool,
 }
@@ -205,7 +207,11 @@ impl RouteTable {
                 .then(b.host.is_some().cmp(&a.host.is_some()))
         });
         let folds_case = routes.iter().any(|route| route.case_insensitive);
-        RouteTable { routes, folds_case }
+        RouteTable {
+            routes,
+            folds_case,
+            retired: tokio::sync::watch::Sender::new(false),
+        }
     }
 
     /// `host` is the request's Host (lower-cased, port removed).
@@ -248,9 +254,25 @@ impl RouteTable {
         Ok(route)
     }
 
-    /// Runs every route's upstream lookups and health checks until the returned future is
-    /// dropped (dropping it aborts them, so a replaced table stops being probed).
+    /// Completes the first lookup of every route's upstream names, so that a table built for
+    /// a hot reload serves at once. (IP literals are usable as soon as the table is built.)
+    pub async fn ready(&self) {
+        for route in self.routes.iter().filter(|route| route.needs_lookup) {
+            if let Err(error) = route.upstreams.update().await {
+                tracing::warn!(%error, prefix = %route.prefix, "upstream lookup failed");
+            }
+        }
+    }
+
+    /// Stops the table's background work (health checks, lookups): it has been replaced.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Runs every route's upstream lookups and health checks until [`RouteTable::retire`] is
+    /// called or the returned future is dropped (either aborts them).
     pub async fn run_health_checks(self: Arc<Self>) {
+        let mut retired = self.retired.subscribe();
         let mut checks = tokio::task::JoinSet::new();
         for route in &self.routes {
             if route.health_check_interval.is_zero() && !route.needs_lookup {
@@ -281,7 +303,11 @@ impl RouteTable {
                 }
             });
         }
-        while checks.join_next().await.is_some() {}
+        let all_done = async { while checks.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {}
+            _ = retired.wait_for(|retired| *retired) => {}
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! its blocking pool), migrations, upstream health checks and housekeeping. Pingora's own
 //! per-service runtimes only run request handling.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::limits::login::memory::MemoryLoginGuard;
 use crate::limits::login::LoginGuard;
 use crate::limits::login::RedisLoginGuard;
 use crate::password::PasswordHasher;
+use crate::reload::Reloader;
 use crate::respond::Responder;
 use crate::routes::RouteTable;
 use crate::session::activity::ActivityTracker;
@@ -109,9 +111,19 @@ pub fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `authgate run` was asked to start.
+pub struct RunOptions {
+    /// The file the config was read from: hot reload re-reads it.
+    pub config_path: PathBuf,
+    /// Take over the listening sockets of a running authgate (graceful binary upgrade)
+    /// through `server.upgrade_sock`, instead of binding them.
+    pub upgrade: bool,
+}
+
 /// Runs the gateway until a signal stops it. Never returns on success (pingora exits).
-pub fn run(config: Config) -> anyhow::Result<()> {
-    telemetry::init_logging(&config.log);
+pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let log_level = telemetry::init_logging(&config.log);
+    let start_config = config.clone();
     let background = background_runtime()?;
     let metrics = Arc::new(Metrics::new()?);
 
@@ -180,7 +192,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         locator,
         login_protection,
         csrf: CsrfPolicy::new(&server_config.public_origins, session_config.secure_cookie),
-        pages: Pages::new(&branding, session_config.secure_cookie),
+        pages: arc_swap::ArcSwap::from_pointee(Pages::new(&branding, session_config.secure_cookie)),
         metrics: metrics.clone(),
         min_password_length: password_config.min_length,
         database_ready: database_ready.clone(),
@@ -190,8 +202,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     background.spawn(table.clone().run_health_checks());
     let routes = Arc::new(ArcSwap::new(table));
 
-    let limiter = Arc::new(IpRateLimiter::new(&rate_limit));
+    let limiter = Arc::new(ArcSwap::from_pointee(IpRateLimiter::new(&rate_limit)));
     background.spawn(sweep_rate_limiter(limiter.clone(), metrics.clone()));
+    let identity_headers = Arc::new(ArcSwap::from_pointee(IdentityHeaders::new(
+        server_config.strip_headers.clone(),
+    )));
+    Arc::new(Reloader::new(
+        &options.config_path,
+        start_config,
+        routes.clone(),
+        limiter.clone(),
+        identity_headers.clone(),
+        auth.clone(),
+        log_level,
+        metrics.clone(),
+        background.handle().clone(),
+    ))
+    .start()
+    .context("cannot set up hot reload")?;
 
     let in_flight = Arc::new(AtomicUsize::new(0));
     let connection_limits = ConnectionLimits {
@@ -206,7 +234,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         routes,
         limiter,
         trusted_proxies: server_config.trusted_proxies.clone(),
-        identity_headers: IdentityHeaders::new(server_config.strip_headers.clone()),
+        identity_headers,
         sessions: sessions.clone(),
         auth,
         metrics: metrics.clone(),
@@ -223,7 +251,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     pingora_conf.threads = server_config.threads;
     pingora_conf.grace_period_seconds = Some(server_config.shutdown_grace.as_secs());
     pingora_conf.graceful_shutdown_timeout_seconds = Some(1);
-    let mut server = Server::new_with_opt_and_conf(None, pingora_conf);
+    pingora_conf.upgrade_sock = server_config.upgrade_sock.clone();
+    // With `upgrade`, bootstrap() takes the listening sockets from the running process through
+    // upgrade_sock (which hands them over on SIGQUIT) instead of binding them.
+    let opt = pingora::server::configuration::Opt {
+        upgrade: options.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), pingora_conf);
     server.bootstrap();
 
     // The proxy sits behind the connection guard (connection caps, head and idle deadlines).
@@ -369,10 +404,12 @@ async fn migrate_until_done(records: Arc<dyn RecordStore>, ready: Arc<AtomicBool
     }
 }
 
-async fn sweep_rate_limiter(limiter: Arc<IpRateLimiter>, metrics: Arc<Metrics>) {
+async fn sweep_rate_limiter(limiter: Arc<ArcSwap<IpRateLimiter>>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(LIMITER_SWEEP);
     loop {
         tick.tick().await;
+        // The limiter in force: a reload may have replaced it.
+        let limiter = limiter.load();
         limiter.forget_idle();
         metrics.rate_limiter_clients(limiter.tracked_clients());
     }

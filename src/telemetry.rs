@@ -73,6 +73,9 @@ pub struct Metrics {
     write_behind_dropped: IntCounter,
     connections_refused: IntCounterVec,
     open_connections: IntGauge,
+    config_reloads: IntCounterVec,
+    config_reload_success: IntGauge,
+    restart_required: IntGauge,
 }
 
 /// Why the public listener refused or cut off a connection.
@@ -223,6 +226,28 @@ impl Metrics {
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_latency.clone()))?;
         registry.register(Box::new(rate_limiter_clients.clone()))?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "authgate_config_reloads_total",
+                "Hot reloads of gateway.toml by result (ok, error: rejected, old config kept).",
+            ),
+            &["result"],
+        )?;
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_reload_success = IntGauge::new(
+            "authgate_config_last_reload_success_timestamp_seconds",
+            "Unix time the configuration in force was loaded (start-up or last good reload).",
+        )?;
+        config_reload_success.set(unix_now());
+        let restart_required = IntGauge::new(
+            "authgate_config_restart_required",
+            "1 when the file changes keys read only at start-up (see the log), 0 otherwise.",
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_reload_success.clone()))?;
+        registry.register(Box::new(restart_required.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -241,7 +266,24 @@ impl Metrics {
             write_behind_dropped,
             connections_refused,
             open_connections,
+            config_reloads,
+            config_reload_success,
+            restart_required,
         })
+    }
+
+    /// A hot reload was applied (`ok`) or rejected.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        if ok {
+            self.config_reload_success.set(unix_now());
+        }
+    }
+
+    /// Whether the file in force changes keys that only a restart applies.
+    pub fn restart_required(&self, required: bool) {
+        self.restart_required.set(i64::from(required));
     }
 
     pub fn request(&self, route: &str, status: u16) {
@@ -340,23 +382,72 @@ impl Metrics {
     }
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level.
-pub fn init_logging(config: &LogSection) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+/// Changes the log level of the running process (hot reload of `log.level`).
+pub struct LogLevel {
+    /// `None` when no subscriber of ours is installed.
+    set: Option<Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>>,
+    /// `RUST_LOG` was set at start-up: it wins over the file, on reload too.
+    env_override: bool,
+}
+
+impl LogLevel {
+    /// Applies `level` (a tracing filter, already validated by the config check). Returns what
+    /// happened, for the reload log line.
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        if self.env_override {
+            return Err("RUST_LOG is set and overrides log.level".into());
+        }
+        let set = self.set.as_ref().ok_or("no logger of ours is installed")?;
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid filter: {e}"))?;
+        set(filter)
+    }
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level. The
+/// returned handle changes the level later (hot reload).
+pub fn init_logging(config: &LogSection) -> LogLevel {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_override = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&config.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let set: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
     let installed = match config.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
+            builder.try_init()
+        }
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
+            builder.try_init()
+        }
     };
     if installed.is_err() {
         eprintln!("authgate: a logger was already installed");
+        return LogLevel {
+            set: None,
+            env_override,
+        };
+    }
+    LogLevel {
+        set: Some(set),
+        env_override,
     }
 }

@@ -107,7 +107,8 @@ pub struct AuthApi {
     pub locator: Arc<Locator>,
     pub login_protection: Arc<dyn LoginGuard>,
     pub csrf: CsrfPolicy,
-    pub pages: pages::Pages,
+    /// Swapped whole when a hot reload changes `[branding]`.
+    pub pages: arc_swap::ArcSwap<pages::Pages>,
     pub metrics: Arc<Metrics>,
     pub min_password_length: usize,
     /// Set once the database schema is migrated; until then database-backed calls get 503.
@@ -161,7 +162,7 @@ impl AuthApi {
             "/auth/login" if page => self.login_page(request).await,
             "/auth/register" if page => self.register_page(request).await,
             "/auth/devices" if page => self.devices_page(request).await,
-            pages::STYLESHEET_PATH if page => Ok(self.pages.stylesheet()),
+            pages::STYLESHEET_PATH if page => Ok(self.pages.load().stylesheet()),
             "/auth/login" if form => self.login_form(request).await,
             "/auth/register" if form => self.register_form(request).await,
             "/auth/logout" if form => self.logout_form(request).await,

@@ -136,7 +136,7 @@ impl FormState {
 
 impl AuthApi {
     fn csrf_token(&self, request: &AuthRequest) -> CsrfToken {
-        match crate::session::cookie::read(&request.headers, self.pages.csrf_cookie_name()) {
+        match crate::session::cookie::read(&request.headers, self.pages.load().csrf_cookie_name()) {
             Some(value) if crate::session::SessionToken::parse(&value).is_some() => CsrfToken {
                 value,
                 fresh: false,
@@ -251,7 +251,9 @@ impl AuthApi {
             password_focus = if state.email.is_empty() { "" } else { " autofocus" },
             register = escape(&register_link),
         );
-        self.pages.page(status, "Sign in", &body, &csrf, false)
+        self.pages
+            .load()
+            .page(status, "Sign in", &body, &csrf, false)
     }
 
     pub(super) async fn register_page(
@@ -388,6 +390,7 @@ impl AuthApi {
             login = escape(&format!("/auth/login?rd={}", url_encode(rd))),
         );
         self.pages
+            .load()
             .page(status, "Create an account", &body, &csrf, false)
     }
 
@@ -433,7 +436,7 @@ impl AuthApi {
             devices = devices_table(&devices, &sessions, current.data.device_id),
             ips = ips_table(&ips),
         );
-        let response = self.pages.page(200, "Devices", &body, &csrf, true);
+        let response = self.pages.load().page(200, "Devices", &body, &csrf, true);
         Ok(self.authenticated(response, &token, &current))
     }
 
@@ -495,7 +498,9 @@ impl AuthApi {
              <p class=\"alt\"><a href=\"/auth/login\">Back to sign in</a></p>\n</div>",
             escape(reason)
         );
-        self.pages.page(403, "Form refused", &body, &csrf, false)
+        self.pages
+            .load()
+            .page(403, "Form refused", &body, &csrf, false)
     }
 
     pub(super) fn is_page_request(request: &AuthRequest) -> bool {

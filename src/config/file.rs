@@ -11,7 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -38,7 +38,7 @@ pub struct FileConfig {
     pub routes: Vec<RouteSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     #[serde(deserialize_with = "socket_addr")]
@@ -60,6 +60,9 @@ pub struct ServerSection {
     pub max_connections_per_ip: u32,
     pub max_connections: u32,
     pub hsts: Hsts,
+    /// Unix socket through which a new process (`authgate run --upgrade`) takes over the
+    /// listening sockets of the running one during a binary upgrade.
+    pub upgrade_sock: String,
 }
 
 /// `server.hsts`: `false` (off), `true` (one year), or the header value itself.
@@ -90,11 +93,12 @@ impl Default for ServerSection {
             keepalive_timeout: Duration::from_secs(60),
             max_connections_per_ip: 256,
             max_connections: 10_000,
+            upgrade_sock: "/tmp/authgate-upgrade.sock".to_string(),
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
     pub database_url: String,
@@ -124,7 +128,7 @@ impl Default for StorageSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSection {
     pub cookie_name: String,
@@ -172,7 +176,7 @@ pub enum OnLimit {
     Reject,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PasswordSection {
     pub bcrypt_cost: u32,
@@ -193,7 +197,7 @@ impl Default for PasswordSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSection {
     pub requests_per_second: u32,
@@ -234,7 +238,7 @@ impl Default for LoginProtectionSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     pub format: LogFormat,
@@ -250,7 +254,7 @@ impl Default for LogSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrandingSection {
     pub product_name: String,
@@ -268,7 +272,7 @@ impl Default for BrandingSection {
 }
 
 /// `[demo]`: a small app on its own socket that shows what the gateway injects.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoSection {
     pub enabled: bool,
@@ -285,7 +289,7 @@ impl Default for DemoSection {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeoipSection {
     /// Path to a MaxMind-format (.mmdb) City or Country database; empty: none.
@@ -302,7 +306,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub prefix: String,

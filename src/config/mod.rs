@@ -25,8 +25,14 @@ use file::{FileConfig, PasswordSection, RouteSection, ServerSection, SessionSect
 #[error("{0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError(message.into())
+    }
+}
+
 /// The validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageSection,
@@ -42,20 +48,20 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BrandingConfig {
     pub product_name: String,
     /// Validated `#rrggbb` (or `#rgb`), readable as a background for white text.
     pub accent_color: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GeoipConfig {
     pub database: Option<std::path::PathBuf>,
     pub country_header: Option<HeaderName>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -77,9 +83,11 @@ pub struct ServerConfig {
     pub max_connections_per_ip: u32,
     /// Open connections on the public listener, all clients together.
     pub max_connections: u32,
+    /// The graceful-upgrade socket (pingora's `upgrade_sock`).
+    pub upgrade_sock: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// The name actually sent: `__Host-<cookie_name>` when the cookie is Secure.
     pub cookie_name: String,
@@ -96,7 +104,7 @@ pub struct SessionConfig {
     pub record_retention: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PasswordConfig {
     pub bcrypt_cost: u32,
     pub min_length: usize,
@@ -146,6 +154,99 @@ impl Config {
                 .unwrap_or_default();
             ConfigError(format!("{}{line}: {}", invalid.key, invalid.message))
         })
+    }
+
+    /// Every key read only at start-up, with its value (`Debug`), for hot reload to report the
+    /// ones a new file changes. Everything not listed here is applied by a reload: routes,
+    /// `rate_limit`, `server.strip_headers`, `login_protection`, `branding` and `log.level`.
+    /// The destructuring has no `..`: a new key does not compile until it is classified.
+    /// Values may hold secrets (a database URL with a password): report keys, never values.
+    pub fn restart_only_keys(&self) -> Vec<(&'static str, String)> {
+        macro_rules! keys {
+            ($section:literal: $($field:ident),+) => {
+                [$((concat!($section, ".", stringify!($field)), format!("{:?}", $field))),+]
+            };
+        }
+        let Config {
+            server,
+            storage,
+            session,
+            password,
+            rate_limit: _,
+            login_protection: _,
+            log,
+            geoip,
+            branding: _,
+            demo,
+            routes: _,
+        } = self;
+        let ServerConfig {
+            listen,
+            admin_listen,
+            threads,
+            trusted_proxies,
+            public_origins,
+            shutdown_grace,
+            strip_headers: _,
+            hsts,
+            header_timeout,
+            keepalive_timeout,
+            max_connections_per_ip,
+            max_connections,
+            upgrade_sock,
+        } = server;
+        let StorageSection {
+            database_url,
+            database_max_connections,
+            database_timeout,
+            redis_url,
+            redis_key_prefix,
+            max_sessions,
+            redis_timeout,
+        } = storage;
+        let SessionConfig {
+            cookie_name,
+            secure_cookie,
+            idle_timeout,
+            absolute_timeout,
+            max_sessions_per_user,
+            on_limit,
+            inject_user_email,
+            inject_session_id,
+            bind_session_to_user_agent,
+            activity_flush_interval,
+            expiry_check_interval,
+            record_retention,
+        } = session;
+        let PasswordConfig {
+            bcrypt_cost,
+            min_length,
+            max_concurrent_hashes,
+            hash_queue_timeout,
+        } = password;
+        let LogSection { format, level: _ } = log;
+        let GeoipConfig {
+            database,
+            country_header,
+        } = geoip;
+        let mut keys = Vec::new();
+        keys.extend(keys!("server": listen, admin_listen, threads, trusted_proxies));
+        keys.extend(keys!("server": public_origins, shutdown_grace, hsts, header_timeout));
+        keys.extend(keys!("server": keepalive_timeout, max_connections_per_ip, max_connections));
+        keys.extend(keys!("server": upgrade_sock));
+        keys.extend(keys!("storage": database_url, database_max_connections, database_timeout));
+        keys.extend(keys!("storage": redis_url, redis_key_prefix, max_sessions, redis_timeout));
+        keys.extend(keys!("session": cookie_name, secure_cookie, idle_timeout, absolute_timeout));
+        keys.extend(keys!("session": max_sessions_per_user, on_limit, inject_user_email));
+        keys.extend(keys!("session": inject_session_id, bind_session_to_user_agent));
+        keys.extend(keys!("session": activity_flush_interval, expiry_check_interval));
+        keys.extend(keys!("session": record_retention));
+        keys.extend(keys!("password": bcrypt_cost, min_length, max_concurrent_hashes));
+        keys.extend(keys!("password": hash_queue_timeout));
+        keys.extend(keys!("log": format));
+        keys.extend(keys!("geoip": database, country_header));
+        keys.push(("demo", format!("{demo:?}")));
+        keys
     }
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
@@ -372,6 +473,14 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
             Some(value.to_string())
         }
     };
+    let upgrade_sock = server.upgrade_sock.trim().to_string();
+    // sockaddr_un holds at most 107 bytes of path.
+    if upgrade_sock.is_empty() || upgrade_sock.len() > 100 {
+        return Err(invalid(
+            "server.upgrade_sock",
+            "must be a socket path of 1 to 100 bytes",
+        ));
+    }
     Ok(ServerConfig {
         hsts,
         listen: server.listen,
@@ -389,6 +498,7 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
         keepalive_timeout: server.keepalive_timeout,
         max_connections_per_ip: server.max_connections_per_ip,
         max_connections: server.max_connections,
+        upgrade_sock,
     })
 }
 

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{LoginGuard, Outcome, Refusal};
+use arc_swap::ArcSwap;
+
 use crate::config::LoginProtectionSection;
 use crate::limits::ip_rate::client_bucket;
 use crate::model::StoreError;
@@ -96,7 +98,8 @@ impl State {
 
 pub struct MemoryLoginGuard {
     state: Mutex<State>,
-    config: LoginProtectionSection,
+    /// Swapped whole by a hot reload.
+    config: ArcSwap<LoginProtectionSection>,
     /// How long an attempt may wait for its turn (the password pool's queue timeout).
     max_wait: Duration,
 }
@@ -112,7 +115,7 @@ impl MemoryLoginGuard {
     pub fn new(config: LoginProtectionSection, max_wait: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            config,
+            config: ArcSwap::from_pointee(config),
             max_wait,
         }
     }
@@ -138,11 +141,11 @@ impl MemoryLoginGuard {
         if let Some(until) = account.locked_until.filter(|until| *until > now) {
             return Step::Refused(Refusal::AccountLocked(until - now));
         }
-        if account.failures.current(now) + account.in_flight >= self.config.max_failures {
+        if account.failures.current(now) + account.in_flight >= self.config.load().max_failures {
             return Step::Wait;
         }
         let address = state.addresses.entry(client_bucket(ip)).or_default();
-        if address.add(now, self.config.window) > self.config.max_attempts_per_ip {
+        if address.add(now, self.config.load().window) > self.config.load().max_attempts_per_ip {
             return Step::Refused(Refusal::TooManyFromIp(address.left(now)));
         }
         if let Some(account) = state.accounts.get_mut(email) {
@@ -154,6 +157,10 @@ impl MemoryLoginGuard {
 
 #[async_trait]
 impl LoginGuard for MemoryLoginGuard {
+    fn reconfigure(&self, config: LoginProtectionSection) {
+        self.config.store(std::sync::Arc::new(config));
+    }
+
     async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError> {
         let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
@@ -175,8 +182,8 @@ impl LoginGuard for MemoryLoginGuard {
             state.sweep(now);
         }
         let window = state.registrations.entry(client_bucket(ip)).or_default();
-        let count = window.add(now, self.config.window);
-        Ok((count > self.config.max_registrations_per_ip).then(|| window.left(now)))
+        let count = window.add(now, self.config.load().window);
+        Ok((count > self.config.load().max_registrations_per_ip).then(|| window.left(now)))
     }
 
     async fn finish(&self, email: &str, outcome: Outcome) -> Result<Option<Duration>, StoreError> {
@@ -191,10 +198,12 @@ impl LoginGuard for MemoryLoginGuard {
             }
             Outcome::Undecided => Ok(None),
             Outcome::Failed => {
-                if account.failures.add(now, self.config.window) >= self.config.max_failures {
-                    account.locked_until = Some(now + self.config.lockout);
+                if account.failures.add(now, self.config.load().window)
+                    >= self.config.load().max_failures
+                {
+                    account.locked_until = Some(now + self.config.load().lockout);
                     account.failures = Window::default();
-                    Ok(Some(self.config.lockout))
+                    Ok(Some(self.config.load().lockout))
                 } else {
                     Ok(None)
                 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::LoginProtectionSection;
 use crate::model::StoreError;
 
 pub use self::redis::RedisLoginGuard;
@@ -60,4 +61,8 @@ pub trait LoginGuard: Send + Sync {
     /// Counts a registration attempt from `ip` (IPv6: its /64) against
     /// `max_registrations_per_ip` per `window`; `Some(time left in the window)` when over.
     async fn begin_registration(&self, ip: IpAddr) -> Result<Option<Duration>, StoreError>;
+
+    /// Applies new limits (hot reload). Counters already kept stay; attempts in flight finish
+    /// under the numbers they started with or the new ones.
+    fn reconfigure(&self, config: LoginProtectionSection);
 }

@@ -10,6 +10,8 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::{LoginGuard, Outcome, Refusal};
+use arc_swap::ArcSwap;
+
 use crate::config::LoginProtectionSection;
 use crate::limits::ip_rate::client_bucket;
 use crate::model::StoreError;
@@ -80,7 +82,8 @@ const WAIT_STEP: Duration = Duration::from_millis(20);
 pub struct RedisLoginGuard {
     connection: Arc<RedisConnection>,
     prefix: String,
-    config: LoginProtectionSection,
+    /// Swapped whole by a hot reload.
+    config: ArcSwap<LoginProtectionSection>,
     begin: Script,
     finish: Script,
     register: Script,
@@ -98,7 +101,7 @@ impl RedisLoginGuard {
         Self {
             connection,
             prefix: prefix.to_string(),
-            config,
+            config: ArcSwap::from_pointee(config),
             begin: Script::new(BEGIN_SCRIPT),
             finish: Script::new(FINISH_SCRIPT),
             register: Script::new(REGISTER_SCRIPT),
@@ -135,6 +138,10 @@ impl RedisLoginGuard {
 
 #[async_trait]
 impl LoginGuard for RedisLoginGuard {
+    fn reconfigure(&self, config: LoginProtectionSection) {
+        self.config.store(std::sync::Arc::new(config));
+    }
+
     async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError> {
         let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
@@ -143,9 +150,9 @@ impl LoginGuard for RedisLoginGuard {
                 .key(self.ip_key(ip))
                 .key(self.account_key("failures", email))
                 .key(self.account_key("checking", email))
-                .arg(millis(self.config.window))
-                .arg(self.config.max_attempts_per_ip)
-                .arg(self.config.max_failures)
+                .arg(millis(self.config.load().window))
+                .arg(self.config.load().max_attempts_per_ip)
+                .arg(self.config.load().max_failures)
                 .arg(millis(IN_FLIGHT_TTL));
             let (code, wait_ms): (i64, i64) = self.run("login_begin", invocation).await?;
             let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
@@ -171,9 +178,9 @@ impl LoginGuard for RedisLoginGuard {
                 Outcome::Succeeded => "succeeded",
                 Outcome::Undecided => "released",
             })
-            .arg(millis(self.config.window))
-            .arg(self.config.max_failures)
-            .arg(millis(self.config.lockout));
+            .arg(millis(self.config.load().window))
+            .arg(self.config.load().max_failures)
+            .arg(millis(self.config.load().lockout));
         let locked_ms: i64 = self.run("login_finish", invocation).await?;
         Ok((locked_ms > 0).then(|| Duration::from_millis(u64::try_from(locked_ms).unwrap_or(0))))
     }
@@ -181,8 +188,8 @@ impl LoginGuard for RedisLoginGuard {
     async fn begin_registration(&self, ip: IpAddr) -> Result<Option<Duration>, StoreError> {
         let mut invocation = self.register.key(self.registration_key(ip));
         invocation
-            .arg(millis(self.config.window))
-            .arg(self.config.max_registrations_per_ip);
+            .arg(millis(self.config.load().window))
+            .arg(self.config.load().max_registrations_per_ip);
         let wait_ms: i64 = self.run("register_begin", invocation).await?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))))
     }

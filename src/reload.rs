@@ -1,0 +1,299 @@
+//! Hot reload of `gateway.toml`, on `SIGHUP` and when the file changes on disk.
+//!
+//! A reload is all or nothing: the new file is read and validated whole (the same check as
+//! start-up and `authgate check`); if anything is wrong it is rejected with the offending key
+//! and line, and the configuration in force keeps serving. Otherwise every reloadable part
+//! that changed is built first (a new route table completes its first upstream lookup before
+//! it is used) and then swapped in: routes and their upstream pools, the per-IP rate limit,
+//! `server.strip_headers`, the login-protection numbers, branding and the log level.
+//!
+//! Each part lives behind an `ArcSwap`: a request holds the route it matched (and its pool)
+//! for its whole life, so in-flight requests finish on the old table while new ones use the
+//! new one, and no connection is touched. The old table's background work (health checks,
+//! re-resolution) is stopped when it is replaced.
+//!
+//! Keys read only at start-up (listen addresses, store URLs, threads, ...: see
+//! [`Config::restart_only_keys`]) keep their running values; a reload that changes them says
+//! so in the log and in `authgate_config_restart_required`, never silently.
+//!
+//! File changes are watched with `notify` on the file's directory (editors and Kubernetes
+//! replace files by renaming, which a watch on the file itself would lose), debounced, and a
+//! reload runs only when the file's bytes actually changed. `SIGHUP` always reloads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify_debouncer_mini::notify::RecursiveMode;
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthApi, Pages};
+use crate::config::{Config, ConfigError};
+use crate::identity::IdentityHeaders;
+use crate::limits::ip_rate::IpRateLimiter;
+use crate::routes::RouteTable;
+use crate::telemetry::{LogLevel, Metrics};
+
+/// File events closer together than this are one change (an editor's save is several).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// What can be swapped at run time, and the configuration currently applied to it.
+pub struct Reloader {
+    path: PathBuf,
+    /// The configuration in force, as last applied (restart-only keys as at start-up).
+    applied: tokio::sync::Mutex<Applied>,
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub limiter: Arc<ArcSwap<IpRateLimiter>>,
+    pub identity_headers: Arc<ArcSwap<IdentityHeaders>>,
+    pub auth: Arc<AuthApi>,
+    pub log: LogLevel,
+    pub metrics: Arc<Metrics>,
+    /// Runs the route tables' background work (health checks).
+    pub background: tokio::runtime::Handle,
+}
+
+struct Applied {
+    config: Config,
+    /// The file's bytes when last read, to ignore events that changed nothing.
+    text: Vec<u8>,
+    /// Restart-only keys with their start-up values.
+    at_start: Vec<(&'static str, String)>,
+}
+
+/// Why a reload ran, for the log.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    Signal,
+    FileChanged,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileChanged => "file change",
+        }
+    }
+}
+
+impl Reloader {
+    /// `config` is the configuration the process started with, read from `path`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: &Path,
+        config: Config,
+        routes: Arc<ArcSwap<RouteTable>>,
+        limiter: Arc<ArcSwap<IpRateLimiter>>,
+        identity_headers: Arc<ArcSwap<IdentityHeaders>>,
+        auth: Arc<AuthApi>,
+        log: LogLevel,
+        metrics: Arc<Metrics>,
+        background: tokio::runtime::Handle,
+    ) -> Reloader {
+        let text = std::fs::read(path).unwrap_or_default();
+        let at_start = config.restart_only_keys();
+        Reloader {
+            path: path.to_path_buf(),
+            applied: tokio::sync::Mutex::new(Applied {
+                config,
+                text,
+                at_start,
+            }),
+            routes,
+            limiter,
+            identity_headers,
+            auth,
+            log,
+            metrics,
+            background,
+        }
+    }
+
+    /// Re-reads the file and applies it, all or nothing. Reloads run one at a time.
+    pub async fn reload(&self, trigger: Trigger) -> Result<(), ConfigError> {
+        let mut applied = self.applied.lock().await;
+        let text = match std::fs::read(&self.path) {
+            Ok(text) => text,
+            Err(error) => {
+                let error =
+                    ConfigError::new(format!("cannot read {}: {error}", self.path.display()));
+                return Err(self.rejected(trigger, error));
+            }
+        };
+        if matches!(trigger, Trigger::FileChanged) && text == applied.text {
+            return Ok(());
+        }
+        applied.text = text;
+        let new = match Config::load(&self.path) {
+            Ok(config) => config,
+            Err(error) => return Err(self.rejected(trigger, error)),
+        };
+        let changed = self.apply(&applied.config, &new).await;
+        let pending: Vec<&str> = new
+            .restart_only_keys()
+            .iter()
+            .zip(&applied.at_start)
+            .filter(|(now, then)| now.1 != then.1)
+            .map(|(now, _)| now.0)
+            .collect();
+        self.metrics.config_reload(true);
+        self.metrics.restart_required(!pending.is_empty());
+        if pending.is_empty() {
+            tracing::info!(
+                trigger = trigger.label(),
+                changed = %list(&changed),
+                "configuration reloaded"
+            );
+        } else {
+            tracing::warn!(
+                trigger = trigger.label(),
+                changed = %list(&changed),
+                needs_restart = %pending.join(", "),
+                "configuration reloaded; some changed keys are read only at start-up and keep \
+                 their running values until a restart"
+            );
+        }
+        applied.config = new;
+        Ok(())
+    }
+
+    fn rejected(&self, trigger: Trigger, error: ConfigError) -> ConfigError {
+        self.metrics.config_reload(false);
+        tracing::error!(
+            trigger = trigger.label(),
+            %error,
+            "configuration reload rejected; the previous configuration stays in force"
+        );
+        error
+    }
+
+    /// Swaps in every reloadable part of `new` that differs from `old`; returns their names.
+    async fn apply(&self, old: &Config, new: &Config) -> Vec<&'static str> {
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let mut changed = Vec::new();
+        // Built (and its upstream names looked up) before anything is swapped.
+        let table = if differs(&old.routes, &new.routes) {
+            let table = Arc::new(RouteTable::build(&new.routes));
+            table.ready().await;
+            Some(table)
+        } else {
+            None
+        };
+        if let Some(table) = table {
+            self.background.spawn(table.clone().run_health_checks());
+            let old_table = self.routes.swap(table);
+            old_table.retire();
+            changed.push("routes");
+        }
+        if differs(&old.rate_limit, &new.rate_limit) {
+            self.limiter
+                .store(Arc::new(IpRateLimiter::new(&new.rate_limit)));
+            changed.push("rate_limit");
+        }
+        if differs(&old.server.strip_headers, &new.server.strip_headers) {
+            self.identity_headers.store(Arc::new(IdentityHeaders::new(
+                new.server.strip_headers.clone(),
+            )));
+            changed.push("server.strip_headers");
+        }
+        if differs(&old.login_protection, &new.login_protection) {
+            self.auth
+                .login_protection
+                .reconfigure(new.login_protection.clone());
+            changed.push("login_protection");
+        }
+        if differs(&old.branding, &new.branding) {
+            self.auth.pages.store(Arc::new(Pages::new(
+                &new.branding,
+                old.session.secure_cookie,
+            )));
+            changed.push("branding");
+        }
+        if old.log.level != new.log.level {
+            match self.log.set(&new.log.level) {
+                Ok(()) => changed.push("log.level"),
+                Err(reason) => {
+                    tracing::warn!(%reason, "log.level changed in the file but not applied")
+                }
+            }
+        }
+        changed
+    }
+
+    /// Reloads on `SIGHUP` and on changes to the file, until the process exits. The signal
+    /// handler is installed before this returns (the default action of `SIGHUP` would end
+    /// the process), so call it before the server starts.
+    pub fn start(self: Arc<Self>) -> anyhow::Result<()> {
+        let background = self.background.clone();
+        let _inside = background.enter();
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (changes, mut changed) = mpsc::unbounded_channel::<()>();
+        let watcher = match watch(&self.path, changes) {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    path = %self.path.display(),
+                    "cannot watch the config file; reload with SIGHUP"
+                );
+                None
+            }
+        };
+        background.spawn(async move {
+            // The watcher stops when dropped: it lives as long as this task.
+            let _watcher = watcher;
+            loop {
+                let trigger = tokio::select! {
+                    Some(()) = hangups.recv() => Trigger::Signal,
+                    Some(()) = changed.recv() => Trigger::FileChanged,
+                    else => return,
+                };
+                // The outcome is logged and counted inside.
+                let _ = self.reload(trigger).await;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Watches the directory holding `path` and sends a unit for every debounced batch of events
+/// that touches the file (by name: a rename over it counts) or, for Kubernetes ConfigMaps,
+/// the `..data` link beside it.
+fn watch(
+    path: &Path,
+    changes: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
+    let absolute = std::path::absolute(path)?;
+    let directory = absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let name = absolute.file_name().map(|name| name.to_os_string());
+    let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
+        let Ok(events) = result else {
+            return;
+        };
+        let touches_file = events.iter().any(|event| {
+            let event_name = event.path.file_name();
+            event_name == name.as_deref() || event_name.is_some_and(|n| n == "..data")
+        });
+        if touches_file {
+            let _ = changes.send(());
+        }
+    })?;
+    debouncer
+        .watcher()
+        .watch(&directory, RecursiveMode::NonRecursive)?;
+    Ok(debouncer)
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "nothing".to_string()
+    } else {
+        names.join(", ")
+    }
+}
