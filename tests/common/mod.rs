@@ -1352,6 +1352,56 @@ impl Gateway {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Sends `signal` (e.g. "HUP", "TERM") to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// The running gateway's `gateway.toml`.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).expect("read gateway.toml")
+    }
+
+    /// Replaces `gateway.toml` with `edit(current text)` the way deploy tools do: written
+    /// beside it, then renamed over it (the gateway never sees a half-written file).
+    pub fn rewrite_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = edit(self.config_text());
+        let staged = self
+            .dir
+            .path
+            .join(format!(".gateway.toml.{}", random_hex(4)));
+        std::fs::write(&staged, text).expect("write the new gateway.toml");
+        std::fs::rename(&staged, &self.config_path).expect("rename over gateway.toml");
+    }
+
+    /// Waits until `authgate_config_reloads_total{result}` reaches `count`.
+    pub async fn wait_for_reloads(&self, result: &str, count: u32) {
+        let what = format!("authgate_config_reloads_total{{result=\"{result}\"}} to reach {count}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = metric_value(
+                &self.metrics().await,
+                "authgate_config_reloads_total",
+                &[("result", result)],
+            )
+            .unwrap_or(0.0);
+            if seen >= f64::from(count) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} (now {seen})\nlog:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits up to `timeout` for the process to exit; its status if it did.
     pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
