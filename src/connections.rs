@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::auth::ApiError;
 use crate::error::ConnectionCap;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, InFlight};
 use crate::limits::ip_rate::client_bucket;
 use crate::telemetry::{ConnectionRefusal, Metrics};
 
@@ -53,6 +54,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`LINGER_BYTES`]) before closing, so the kernel does not reset the connection over unread
 /// bytes and destroy the response before the client has read it.
 const LINGER: Duration = Duration::from_millis(500);
+/// Once a shutdown begins, how long an idle or half-sent connection still gets to deliver a
+/// request head.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
 /// The validated `[server]` connection settings.
@@ -72,6 +76,8 @@ pub struct ConnectionGuard {
     limits: ConnectionLimits,
     counts: Arc<Counts>,
     metrics: Arc<Metrics>,
+    /// Requests and connections in progress (see `server::exit_when_idle`).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ConnectionGuard {
@@ -79,8 +85,14 @@ impl ConnectionGuard {
         self.limits.hsts.as_deref()
     }
 
-    pub fn new(proxy: HttpProxy<Gateway>, limits: ConnectionLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        limits: ConnectionLimits,
+        metrics: Arc<Metrics>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
+            in_flight,
             proxy: Arc::new(proxy),
             counts: Arc::new(Counts::new(
                 limits.max_connections_per_ip,
@@ -106,6 +118,9 @@ impl ConnectionGuard {
 
     /// Serves HTTP/1 requests on an admitted connection until it closes.
     async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        // An open connection keeps the process up during a shutdown until it closes, which
+        // happens within SHUTDOWN_LINGER once its current request is answered.
+        let _open = InFlight::enter(&self.in_flight);
         // A new connection gets header_timeout from the accept for its whole first head.
         let mut wait = Wait::NewConnection(Instant::now() + self.limits.header_timeout);
         let mut carried: Option<HttpPersistentSettings> = None;
@@ -312,6 +327,7 @@ async fn read_head(
     };
     let stopping = shutting_down(shutdown.clone());
     tokio::pin!(stopping);
+    let mut stopped = false;
     let mut buf = BytesMut::with_capacity(4096);
     let mut scan = HeadScan::default();
     loop {
@@ -323,9 +339,18 @@ async fn read_head(
             // Bytes already there win over a shutdown, as in pingora's own read.
             biased;
             read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
-            () = &mut stopping => return Head::Closed,
+            () = &mut stopping, if !stopped => {
+                // Shutting down (SIGTERM, or a binary upgrade handing the listener over):
+                // closing an idle kept-alive connection now would fail a request the client
+                // may be sending at this very moment. A request that arrives within the
+                // linger is served (with `Connection: close`); then the connection closes.
+                stopped = true;
+                deadline = deadline.min(Instant::now() + SHUTDOWN_LINGER);
+                continue;
+            }
         };
         match read {
+            Err(_elapsed) if stopped => return Head::Closed,
             Err(_elapsed) if buf.is_empty() => {
                 return match wait {
                     Wait::NewConnection(_) => Head::SilentTimeout,

@@ -100,11 +100,12 @@ impl RequestContext {
     }
 }
 
-/// Counts a request as in flight for as long as its context lives.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts a request (or an open public connection) as in flight for as long as it lives: the
+/// process exits early on SIGTERM once nothing is.
+pub struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::AcqRel);
         Self(counter.clone())
     }

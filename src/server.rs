@@ -48,6 +48,9 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{DatabaseUrl, RecordStore};
 use crate::telemetry::{self, Metrics};
 
+/// With `--upgrade`, how long the new process waits for the running one to hand over its
+/// listening sockets (one try per second).
+const UPGRADE_WAIT_SECONDS: usize = 30;
 const MIGRATION_RETRY: Duration = Duration::from_secs(2);
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 const MEMORY_SWEEP: Duration = Duration::from_secs(10);
@@ -123,6 +126,13 @@ pub struct RunOptions {
 /// Runs the gateway until a signal stops it. Never returns on success (pingora exits).
 pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let log_level = telemetry::init_logging(&config.log);
+    if options.upgrade && config.storage.redis_url.trim().is_empty() {
+        anyhow::bail!(
+            "--upgrade needs the production pair (storage.redis_url set): in the embedded mode \
+             live sessions are in the running process's memory and its SQLite file is locked \
+             by it; restart the gateway instead"
+        );
+    }
     let start_config = config.clone();
     let background = background_runtime()?;
     let metrics = Arc::new(Metrics::new()?);
@@ -252,6 +262,8 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     pingora_conf.grace_period_seconds = Some(server_config.shutdown_grace.as_secs());
     pingora_conf.graceful_shutdown_timeout_seconds = Some(1);
     pingora_conf.upgrade_sock = server_config.upgrade_sock.clone();
+    // The new process waits this many seconds for the old one to get SIGQUIT.
+    pingora_conf.upgrade_sock_connect_accept_max_retries = Some(UPGRADE_WAIT_SECONDS);
     // With `upgrade`, bootstrap() takes the listening sockets from the running process through
     // upgrade_sock (which hands them over on SIGQUIT) instead of binding them.
     let opt = pingora::server::configuration::Opt {
@@ -265,7 +277,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut proxy = Service::new(
         "authgate proxy".to_string(),
-        ConnectionGuard::new(proxy, connection_limits, metrics),
+        ConnectionGuard::new(proxy, connection_limits, metrics, in_flight.clone()),
     );
     proxy.add_tcp(&server_config.listen.to_string());
     let mut admin_service = Service::new("authgate admin".to_string(), admin);

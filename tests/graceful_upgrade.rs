@@ -1,0 +1,163 @@
+//! Graceful binary upgrade (`authgate run --upgrade`, then SIGQUIT to the old process): the
+//! listening sockets move to the new process and no request fails, under load.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// The new process, killed when the test ends.
+struct Successor(Child);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_binary_upgrade_under_load_fails_no_request() {
+    if !require_backend(
+        Backend::Production,
+        "an upgrade hands live sessions over through Redis; the embedded mode keeps them in \
+         the old process's memory (authgate refuses --upgrade there)",
+    ) {
+        return;
+    }
+    let socket = std::env::temp_dir().join(format!("authgate-upg-{}.sock", random_hex(6)));
+    let gateway = Arc::new(
+        Gateway::start_with(
+            GatewayOptions::new()
+                .server_setting(&format!("upgrade_sock = \"{}\"", socket.display())),
+        )
+        .await,
+    );
+    let user = gateway.signed_in_user().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (gateway, stop, sent) = (gateway.clone(), stop.clone(), sent.clone());
+        let token = user.token.clone();
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // Half the clients use the protected route with the session made before.
+                let outcome = if client % 2 == 0 {
+                    gateway.client.get(gateway.url("/public/load")).send().await
+                } else {
+                    gateway
+                        .client
+                        .get(gateway.url("/private/load"))
+                        .header("cookie", cookie_header(&token))
+                        .send()
+                        .await
+                };
+                match outcome {
+                    Ok(response) if response.status() == 200 => {}
+                    Ok(response) => failures.push(format!("status {}", response.status())),
+                    Err(error) => failures.push(format!("{error:#}")),
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    eventually(Duration::from_secs(10), "load to start", || {
+        let sent = sent.load(Ordering::Relaxed);
+        async move { (sent > 50).then_some(()) }
+    })
+    .await;
+
+    // The new binary starts and waits on the upgrade socket; SIGQUIT makes the old one hand
+    // its listeners over, stop accepting and drain.
+    let log = std::fs::File::create(gateway.dir().join("successor.log")).unwrap();
+    let successor = Successor(
+        gateway_command()
+            .arg("run")
+            .arg("--upgrade")
+            .arg("--config")
+            .arg(&gateway.config_path)
+            .current_dir(gateway.dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the new process"),
+    );
+    // The new process listens on the upgrade socket once it is ready to take over.
+    eventually(
+        Duration::from_secs(30),
+        "the new process's upgrade socket",
+        || {
+            let ready = socket.exists();
+            async move { ready.then_some(()) }
+        },
+    )
+    .await;
+    gateway.signal("QUIT");
+    // The old process exits once drained (CLOSE_TIMEOUT of 5 s, then the grace period).
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while process_alive(gateway.pid()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old process did not exit after SIGQUIT:\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent_at_handover = sent.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(10),
+        "load served by the new process",
+        || {
+            let sent = sent.load(Ordering::Relaxed);
+            async move { (sent > sent_at_handover + 50).then_some(()) }
+        },
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.await.expect("client task"));
+    }
+    let total = sent.load(Ordering::Relaxed);
+    let successor_log =
+        std::fs::read_to_string(gateway.dir().join("successor.log")).unwrap_or_default();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed during the upgrade: {:?}\nold log:\n{}\nnew log:\n{successor_log}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        gateway.logs()
+    );
+    eprintln!("{total} requests, none failed; {sent_at_handover} before the old process exited");
+    // The new process serves the session made before the upgrade.
+    assert_eq!(
+        gateway
+            .get("/private/after", Some(&user.token))
+            .await
+            .status(),
+        200
+    );
+    drop(successor);
+    let _ = std::fs::remove_file(&socket);
+}
+
+fn process_alive(pid: u32) -> bool {
+    // /proc/<pid> of a zombie still exists: read its state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
