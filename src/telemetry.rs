@@ -388,10 +388,13 @@ fn unix_now() -> i64 {
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
+/// Replaces the running subscriber's filter.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
 /// Changes the log level of the running process (hot reload of `log.level`).
 pub struct LogLevel {
     /// `None` when no subscriber of ours is installed.
-    set: Option<Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>>,
+    set: Option<SetFilter>,
     /// `RUST_LOG` was set at start-up: it wins over the file, on reload too.
     env_override: bool,
 }
@@ -420,7 +423,7 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let set: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+    let set: SetFilter;
     let installed = match config.format {
         LogFormat::Json => {
             let builder = builder
