@@ -24,6 +24,7 @@ pub mod session;
 pub mod store;
 pub mod target;
 pub mod telemetry;
+pub mod upgrade;
 
 #[cfg(test)]
 pub mod test_support {

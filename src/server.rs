@@ -47,6 +47,7 @@ use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DatabaseUrl, RecordStore};
 use crate::telemetry::{self, Metrics};
+use crate::upgrade;
 
 /// With `--upgrade`, how long the new process waits for the running one to hand over its
 /// listening sockets (one try per second).
@@ -230,6 +231,11 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     ))
     .start()
     .context("cannot set up hot reload")?;
+    upgrade::handle_upgrade_signal(
+        background.handle(),
+        options.config_path.clone(),
+        server_config.upgrade_sock.clone(),
+    )?;
 
     let in_flight = Arc::new(AtomicUsize::new(0));
     let connection_limits = ConnectionLimits {
@@ -300,8 +306,10 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         listen = %server_config.listen,
         admin = %server_config.admin_listen,
         database = backend,
+        pid = std::process::id(),
         "authgate starting"
     );
+    upgrade::notify_ready();
     // `background` stays alive: run_forever only returns by exiting the process.
     server.run_forever();
 }

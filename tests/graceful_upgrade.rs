@@ -39,41 +39,7 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
     );
     let user = gateway.signed_in_user().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for client in 0..4 {
-        let (gateway, stop, sent) = (gateway.clone(), stop.clone(), sent.clone());
-        let token = user.token.clone();
-        clients.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                // Half the clients use the protected route with the session made before.
-                let outcome = if client % 2 == 0 {
-                    gateway.client.get(gateway.url("/public/load")).send().await
-                } else {
-                    gateway
-                        .client
-                        .get(gateway.url("/private/load"))
-                        .header("cookie", cookie_header(&token))
-                        .send()
-                        .await
-                };
-                match outcome {
-                    Ok(response) if response.status() == 200 => {}
-                    Ok(response) => failures.push(format!("status {}", response.status())),
-                    Err(error) => failures.push(format!("{error:#}")),
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-            failures
-        }));
-    }
-    eventually(Duration::from_secs(10), "load to start", || {
-        let sent = sent.load(Ordering::Relaxed);
-        async move { (sent > 50).then_some(()) }
-    })
-    .await;
+    let load = Load::start(&gateway, &user.token).await;
 
     // The new binary starts and waits on the upgrade socket; SIGQUIT makes the old one hand
     // its listeners over, stop accepting and drain.
@@ -112,23 +78,7 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let sent_at_handover = sent.load(Ordering::Relaxed);
-    eventually(
-        Duration::from_secs(10),
-        "load served by the new process",
-        || {
-            let sent = sent.load(Ordering::Relaxed);
-            async move { (sent > sent_at_handover + 50).then_some(()) }
-        },
-    )
-    .await;
-
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for client in clients {
-        failures.extend(client.await.expect("client task"));
-    }
-    let total = sent.load(Ordering::Relaxed);
+    let (total, failures, sent_at_handover) = load.finish_after_more(50).await;
     let successor_log =
         std::fs::read_to_string(gateway.dir().join("successor.log")).unwrap_or_default();
     assert!(
@@ -160,4 +110,132 @@ fn process_alive(pid: u32) -> bool {
                 .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// Four keep-alive clients: two on a public route, two on a protected one with a session made
+/// before the upgrade. Every answer must be a 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    clients: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    async fn start(gateway: &Arc<Gateway>, token: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut clients = Vec::new();
+        for client in 0..4 {
+            let (gateway, stop, sent) = (gateway.clone(), stop.clone(), sent.clone());
+            let token = token.to_string();
+            clients.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = if client % 2 == 0 {
+                        gateway.client.get(gateway.url("/public/load")).send().await
+                    } else {
+                        gateway
+                            .client
+                            .get(gateway.url("/private/load"))
+                            .header("cookie", cookie_header(&token))
+                            .send()
+                            .await
+                    };
+                    match outcome {
+                        Ok(response) if response.status() == 200 => {}
+                        Ok(response) => failures.push(format!("status {}", response.status())),
+                        Err(error) => failures.push(format!("{error:#}")),
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                failures
+            }));
+        }
+        let load = Load {
+            stop,
+            sent,
+            clients,
+        };
+        load.wait_for_more(0, 50).await;
+        load
+    }
+
+    async fn wait_for_more(&self, from: usize, more: usize) {
+        eventually(Duration::from_secs(10), "more requests answered", || {
+            let sent = self.sent.load(Ordering::Relaxed);
+            async move { (sent >= from + more).then_some(()) }
+        })
+        .await;
+    }
+
+    /// Lets `more` requests go through, stops; (total, failures, requests before this call).
+    async fn finish_after_more(self, more: usize) -> (usize, Vec<String>, usize) {
+        let before = self.sent.load(Ordering::Relaxed);
+        self.wait_for_more(before, more).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for client in self.clients {
+            failures.extend(client.await.expect("client task"));
+        }
+        (self.sent.load(Ordering::Relaxed), failures, before)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigusr2_upgrades_in_place_under_load() {
+    if !require_backend(
+        Backend::Production,
+        "an upgrade hands live sessions over through Redis; the embedded mode keeps them in \
+         the old process's memory",
+    ) {
+        return;
+    }
+    let socket = std::env::temp_dir().join(format!("authgate-upg-{}.sock", random_hex(6)));
+    let gateway = Arc::new(
+        Gateway::start_with(
+            GatewayOptions::new()
+                .server_setting(&format!("upgrade_sock = \"{}\"", socket.display())),
+        )
+        .await,
+    );
+    let user = gateway.signed_in_user().await;
+    let load = Load::start(&gateway, &user.token).await;
+    let old_pid = gateway.pid();
+    gateway.signal("USR2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while process_alive(old_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old process did not hand over after SIGUSR2:\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new process writes to the same log; its pid is on its start line.
+    let new_pid = json_log_lines(&gateway.logs())
+        .iter()
+        .filter(|line| line["message"] == "authgate starting")
+        .filter_map(|line| line["pid"].as_u64())
+        .find(|pid| *pid != u64::from(old_pid))
+        .unwrap_or_else(|| panic!("no start line of a new process:\n{}", gateway.logs()));
+    let (total, failures, _) = load.finish_after_more(50).await;
+    assert_eq!(
+        gateway
+            .get("/private/after", Some(&user.token))
+            .await
+            .status(),
+        200
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &new_pid.to_string()])
+        .status();
+    let _ = std::fs::remove_file(&socket);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed during the upgrade: {:?}\nlog:\n{}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        gateway.logs()
+    );
+    eprintln!("{total} requests through a SIGUSR2 upgrade, none failed");
 }
