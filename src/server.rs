@@ -17,7 +17,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server};
 use pingora::services::listening::Service;
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, Readiness};
 use crate::auth::csrf::CsrfPolicy;
 use crate::auth::{AuthApi, Pages};
 use crate::config::Config;
@@ -44,11 +44,13 @@ use crate::store::behind::WriteBehind;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DatabaseUrl, RecordStore};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{self, Metrics, Store};
 
 const MIGRATION_RETRY: Duration = Duration::from_secs(2);
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 const MEMORY_SWEEP: Duration = Duration::from_secs(10);
+/// How often the stores are probed for the readiness gauges.
+const READINESS_PROBE: Duration = Duration::from_secs(5);
 
 fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -124,6 +126,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         session_store = session_store.backend(),
         "session store selected"
+    );
+    metrics.stores_in_use(
+        &[records.backend(), session_store.backend()]
+            .into_iter()
+            .filter_map(Store::from_backend)
+            .collect::<Vec<_>>(),
     );
     let locator = Arc::new(Locator::new(&config.geoip)?);
     let Config {
@@ -212,11 +220,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         respond: Responder::new(server_config.hsts.clone()),
     };
-    let admin = AdminApp {
+    let readiness = Arc::new(Readiness {
         metrics: metrics.clone(),
         sessions,
         records,
         database_ready,
+    });
+    background.spawn(readiness.clone().watch(READINESS_PROBE));
+    let admin = AdminApp {
+        metrics: metrics.clone(),
+        readiness,
     };
 
     let mut pingora_conf = ServerConf::new().context("pingora defaults")?;
