@@ -1,10 +1,12 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
 //! `/readyz` (the session store and the database answer, and the schema is migrated; the
 //! database is named by its backend, since it may be Postgres or the embedded SQLite file).
-//! It runs on its own address so it can stay off the public network.
+//! It runs on its own address so it can stay off the public network. The readiness result is
+//! also exported as gauges (`authgate_store_up{store}`, `authgate_ready`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -19,9 +21,7 @@ use crate::telemetry::Metrics;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
-    pub sessions: Arc<Sessions>,
-    pub records: Arc<dyn RecordStore>,
-    pub database_ready: Arc<AtomicBool>,
+    pub readiness: Arc<Readiness>,
 }
 
 #[async_trait]
@@ -31,7 +31,14 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/metrics" => simple(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => simple(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
-            "/readyz" => self.readiness().await,
+            "/readyz" => {
+                let (ready, body) = self.readiness.check().await;
+                simple(
+                    if ready { 200 } else { 503 },
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
+            }
             _ => simple(
                 404,
                 "application/json",
@@ -42,8 +49,19 @@ impl ServeHttp for AdminApp {
     }
 }
 
-impl AdminApp {
-    async fn readiness(&self) -> Response<Vec<u8>> {
+/// The readiness check behind `/readyz`, also run every few seconds in the background so the
+/// `authgate_store_up` and `authgate_ready` gauges stay current between requests to `/readyz`
+/// (a Prometheus alert must not depend on someone asking).
+pub struct Readiness {
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
+    pub records: Arc<dyn RecordStore>,
+    pub database_ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Pings both stores; whether the gateway is ready, and the `/readyz` body.
+    pub async fn check(&self) -> (bool, serde_json::Value) {
         let (sessions, database) = tokio::join!(self.sessions.ping(), self.records.ping());
         let migrated = self.database_ready.load(Ordering::Acquire);
         let describe = |result: &Result<(), crate::store::StoreError>| match result {
@@ -55,6 +73,13 @@ impl AdminApp {
             _ => describe(&database),
         };
         let ready = sessions.is_ok() && database.is_ok() && migrated;
+        self.metrics.readiness(
+            &[
+                (self.sessions.backend(), sessions.is_ok()),
+                (self.records.backend(), database.is_ok()),
+            ],
+            ready,
+        );
         let body = json!({
             "status": if ready { "ready" } else { "not_ready" },
             "session_store": describe(&sessions),
@@ -62,10 +87,16 @@ impl AdminApp {
             "database": database_state,
             "database_backend": self.records.backend(),
         });
-        simple(
-            if ready { 200 } else { 503 },
-            "application/json",
-            body.to_string().into_bytes(),
-        )
+        (ready, body)
+    }
+
+    /// Runs [`Readiness::check`] every `interval`, for the gauges.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check().await;
+        }
     }
 }

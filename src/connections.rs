@@ -500,8 +500,10 @@ fn error_response(error: &ApiError, hsts: Option<&str>) -> Vec<u8> {
          Content-Length: {}\r\n\
          Cache-Control: no-store\r\n\
          X-Content-Type-Options: nosniff\r\n\
+         X-Request-Id: {}\r\n\
          Connection: close\r\n",
-        body.len()
+        body.len(),
+        crate::request_id::RequestId::generate(),
     );
     if let Some(seconds) = error.retry_after() {
         head.push_str(&format!("Retry-After: {seconds}\r\n"));

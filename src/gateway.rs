@@ -3,6 +3,7 @@
 //! ```text
 //!  request ─▶ request_filter ─────────────────────────────────────────────┐
 //!             1 client IP (trusted proxies)          client_ip.rs         │ answered here:
+//!               X-Request-Id (kept or new)           request_id.rs        │
 //!             2 per-IP rate limit        ──▶ 429     limits/ip_rate.rs    │ 429, 431, 400,
 //!               header size limits       ──▶ 431                          │ 404, /auth/*,
 //!             0 one reading: target, Host ──▶ 400    target.rs, path.rs   │ 401, 503
@@ -15,10 +16,15 @@
 //!          ─▶ upstream_request_filter    inject X-User-Id (+ email, session id); drop our cookies
 //!          ─▶ upstream_response_filter   upstream latency
 //!          ─▶ response_filter            drop the upstream's Set-Cookie for our cookies and
-//!                                        identity headers; HSTS; re-issue the sliding cookie
+//!                                        identity headers; HSTS; re-issue the sliding cookie;
+//!                                        X-Request-Id
 //!          ─▶ fail_to_proxy              502/504 JSON when the upstream fails
 //!          ─▶ logging                    one access-log line + request metrics
 //! ```
+//!
+//! The request id goes on the request itself (so the upstream gets it and every answer the
+//! gateway writes repeats it, see `respond.rs`), and the `/auth` and session work runs in a
+//! `request` span carrying it, so their log lines name it too.
 //!
 //! (Connection admission, the request-head deadline and keep-alive limits run before any of
 //! this, in `connections.rs`.)
@@ -38,6 +44,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
+use tracing::Instrument as _;
 
 use crate::auth::{ApiError, AuthApi, AuthRequest, MAX_BODY_BYTES};
 use crate::client_ip;
@@ -45,6 +52,7 @@ use crate::config::AuthMode;
 use crate::error::UpstreamFailure;
 use crate::identity::{self, IdentityHeaders};
 use crate::limits::ip_rate::IpRateLimiter;
+use crate::request_id::{self, RequestId};
 use crate::respond::Responder;
 use crate::routes::{Refusal, Route, RouteTable};
 use crate::session::{cookie, Lookup, SessionData, Sessions};
@@ -78,6 +86,10 @@ pub struct Gateway {
 pub struct RequestContext {
     _in_flight: InFlight,
     started: Instant,
+    /// This request's `X-Request-Id` (fresh until a trusted proxy's is accepted).
+    request_id: RequestId,
+    /// The `request` span (with the id) that the `/auth` and session work runs in.
+    span: tracing::Span,
     client_ip: Option<IpAddr>,
     /// Whether the TCP peer is a trusted proxy (whose forwarding headers may be believed).
     via_trusted_proxy: bool,
@@ -125,6 +137,8 @@ impl ProxyHttp for Gateway {
         RequestContext {
             _in_flight: InFlight::enter(&self.in_flight),
             started: Instant::now(),
+            request_id: RequestId::generate(),
+            span: tracing::Span::none(),
             client_ip: None,
             via_trusted_proxy: false,
             unrouted_label: "none",
@@ -143,6 +157,7 @@ impl ProxyHttp for Gateway {
         let (client_ip, via_trusted_proxy) = self.client_ip(session);
         ctx.client_ip = Some(client_ip);
         ctx.via_trusted_proxy = via_trusted_proxy;
+        self.settle_request_id(session, ctx)?;
 
         if let Err(exceeded) = self.limiter.load().check(client_ip) {
             self.metrics.decision(Decision::RateLimited);
@@ -185,6 +200,7 @@ impl ProxyHttp for Gateway {
         if AuthApi::is_auth_path(target.path.as_str()) {
             ctx.unrouted_label = "/auth";
             self.serve_auth(session, &target, client_ip, via_trusted_proxy)
+                .instrument(ctx.span.clone())
                 .await?;
             return Ok(true);
         }
@@ -208,7 +224,12 @@ impl ProxyHttp for Gateway {
                 self.metrics.decision(Decision::Public);
                 Ok(false)
             }
-            AuthMode::Required => self.authorize(session, ctx, client_ip).await,
+            AuthMode::Required => {
+                let span = ctx.span.clone();
+                self.authorize(session, ctx, client_ip)
+                    .instrument(span)
+                    .await
+            }
         }
     }
 
@@ -276,6 +297,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         self.guard_response(upstream_response)?;
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header("set-cookie", cookie)?;
         }
@@ -286,7 +308,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         error: &Error,
-        _ctx: &mut RequestContext,
+        ctx: &mut RequestContext,
     ) -> FailToProxy {
         let failure = match (error.etype(), error.esource()) {
             (ErrorType::HTTPStatus(503), _) => {
@@ -309,7 +331,7 @@ impl ProxyHttp for Gateway {
             // connection (it gets `Connection: close`).
             session.set_keepalive(None);
             if let Err(write_error) = self.respond.api_error(session, &failure, &[]).await {
-                tracing::debug!(%write_error, "cannot write error response");
+                tracing::debug!(%write_error, request_id = %ctx.request_id, "cannot write error response");
             }
         }
         FailToProxy {
@@ -335,8 +357,9 @@ impl ProxyHttp for Gateway {
             path = %request.uri.path(),
             route = %ctx.route_label(),
             status,
+            request_id = %ctx.request_id,
             user_id = ctx.identity.as_ref().map(|identity| identity.user_id.to_string()).unwrap_or_default(),
-            latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = rounded_ms(ctx.started.elapsed()),
             client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             error = error.map(|e| e.etype().as_str()).unwrap_or(""),
             "request"
@@ -360,6 +383,25 @@ impl Gateway {
         cookie::drop_set_cookies_for(response, &self.own_cookies())?;
         self.identity_headers.load().strip_response(response);
         self.respond.secure_proxied(response)
+    }
+
+    /// Step 1, continued: the request's id is a trusted proxy's (if acceptable) or the fresh
+    /// one. It replaces whatever the client sent, so the upstream and every answer see it.
+    fn settle_request_id(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        ctx.request_id = RequestId::for_request(
+            &session.req_header().headers,
+            ctx.via_trusted_proxy,
+            ctx.request_id.clone(),
+        );
+        session
+            .req_header_mut()
+            .insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        ctx.span = tracing::info_span!("request", request_id = %ctx.request_id);
+        Ok(())
     }
 
     /// The client's IP, and whether the TCP peer is a trusted proxy.
@@ -551,9 +593,17 @@ fn sign_in_location(request: &RequestHeader) -> String {
     format!("/auth/login?rd={encoded}")
 }
 
+/// Milliseconds rounded to 0.1, for the logs.
+fn rounded_ms(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
 fn oversized_headers(request: &RequestHeader) -> Option<&'static str> {
     let mut total = 0;
     for (name, value) in &request.headers {
+        if name == request_id::HEADER {
+            continue; // the gateway's own, set before this check
+        }
         total += name.as_str().len() + value.len() + 4;
         if name == http::header::COOKIE && value.len() > MAX_COOKIE_BYTES {
             return Some("the Cookie header is too large");

@@ -17,6 +17,7 @@ pub mod model;
 pub mod password;
 pub mod path;
 pub mod reload;
+pub mod request_id;
 pub mod respond;
 pub mod routes;
 pub mod server;

@@ -2,7 +2,7 @@
 //! carries `Content-Length`, which pingora needs to keep the connection alive, and the
 //! gateway's security headers: `X-Content-Type-Options: nosniff` always, and
 //! `Strict-Transport-Security` when `server.hsts` is set (proxied responses get HSTS too,
-//! unless the upstream sent its own).
+//! unless the upstream sent its own), and the request's `X-Request-Id`.
 
 use bytes::Bytes;
 use http::Response;
@@ -41,6 +41,10 @@ impl Responder {
         }
         for (name, value) in headers {
             header.append_header(*name, value.as_str())?;
+        }
+        // The request's id, set on the request by the gateway before any answer is written.
+        if let Some(id) = session.req_header().headers.get(crate::request_id::HEADER) {
+            header.insert_header(crate::request_id::HEADER, id.clone())?;
         }
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session

@@ -18,7 +18,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server};
 use pingora::services::listening::Service;
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, Readiness};
 use crate::auth::csrf::CsrfPolicy;
 use crate::auth::{AuthApi, Pages};
 use crate::config::Config;
@@ -46,7 +46,7 @@ use crate::store::behind::WriteBehind;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DatabaseUrl, RecordStore};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{self, Metrics, Store};
 use crate::upgrade;
 
 /// With `--upgrade`, how long the new process waits for the running one to hand over its
@@ -55,6 +55,8 @@ const UPGRADE_WAIT_SECONDS: usize = 30;
 const MIGRATION_RETRY: Duration = Duration::from_secs(2);
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 const MEMORY_SWEEP: Duration = Duration::from_secs(10);
+/// How often the stores are probed for the readiness gauges.
+const READINESS_PROBE: Duration = Duration::from_secs(5);
 
 fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -147,6 +149,12 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(
         session_store = session_store.backend(),
         "session store selected"
+    );
+    metrics.stores_in_use(
+        &[records.backend(), session_store.backend()]
+            .into_iter()
+            .filter_map(Store::from_backend)
+            .collect::<Vec<_>>(),
     );
     let locator = Arc::new(Locator::new(&config.geoip)?);
     let Config {
@@ -256,11 +264,16 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         respond: Responder::new(server_config.hsts.clone()),
     };
-    let admin = AdminApp {
+    let readiness = Arc::new(Readiness {
         metrics: metrics.clone(),
         sessions,
         records,
         database_ready,
+    });
+    background.spawn(readiness.clone().watch(READINESS_PROBE));
+    let admin = AdminApp {
+        metrics: metrics.clone(),
+        readiness,
     };
 
     let mut pingora_conf = ServerConf::new().context("pingora defaults")?;

@@ -2,13 +2,15 @@
 //!
 //! One [`Metrics`] value owns every series the gateway exports; it is created once and shared.
 //! Label values come from small fixed sets or from the route table (never from the request), so
-//! a client cannot blow up the series count.
+//! a client cannot blow up the series count. Every series whose label values are known in
+//! advance is created at zero when the gateway starts, so rates and alerts see it from the
+//! first scrape; each fact is counted by exactly one counter.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -16,22 +18,33 @@ use crate::config::{LogFormat, LogSection};
 
 /// The auth decision taken for a request (SPEC §8 "auth decisions").
 #[derive(Debug, Clone, Copy)]
+///
+/// One per request that reaches a decision on the proxy path (or the per-IP limiter, on any
+/// path). Login and registration throttling (a locked account, too many attempts from an
+/// address) are counted once, as outcomes of `authgate_logins_total` /
+/// `authgate_registrations_total`, not here.
 pub enum Decision {
     Allowed,
     Unauthenticated,
     RateLimited,
-    Locked,
     Public,
     StoreUnavailable,
 }
 
 impl Decision {
+    pub const ALL: [Decision; 5] = [
+        Decision::Allowed,
+        Decision::Unauthenticated,
+        Decision::RateLimited,
+        Decision::Public,
+        Decision::StoreUnavailable,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Decision::Allowed => "allowed",
             Decision::Unauthenticated => "unauthenticated",
             Decision::RateLimited => "rate_limited",
-            Decision::Locked => "locked",
             Decision::Public => "public",
             Decision::StoreUnavailable => "store_unavailable",
         }
@@ -46,6 +59,17 @@ pub enum Store {
 }
 
 impl Store {
+    /// The store a backend name (`RecordStore::backend`, `SessionStore::backend`) stands for;
+    /// `None` for the in-process session store, which makes no timed calls.
+    pub fn from_backend(backend: &str) -> Option<Store> {
+        match backend {
+            "redis" => Some(Store::Redis),
+            "postgres" => Some(Store::Postgres),
+            "sqlite" => Some(Store::Sqlite),
+            _ => None,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Store::Redis => "redis",
@@ -55,18 +79,81 @@ impl Store {
     }
 }
 
+/// Every value of `authgate_logins_total{outcome}`.
+pub const LOGIN_OUTCOMES: [&str; 9] = [
+    "success",
+    "failure",
+    "locked",
+    "rate_limited",
+    "session_limit",
+    "credentials_changed",
+    "invalid",
+    "disabled",
+    "unavailable",
+];
+/// Every value of `authgate_registrations_total{outcome}`.
+pub const REGISTRATION_OUTCOMES: [&str; 5] = [
+    "created",
+    "conflict",
+    "rate_limited",
+    "invalid",
+    "unavailable",
+];
+/// Every value of `authgate_sessions_ended_total{reason}` (`EndReason::metric`).
+pub const SESSION_END_REASONS: [&str; 4] = ["logout", "revoked", "evicted", "expired"];
+/// Every value of `authgate_session_anomalies_total{kind}`.
+pub const SESSION_ANOMALIES: [&str; 2] = ["ip_changed", "ua_changed"];
+/// The operations the Redis stores time (`RedisConnection::call`); a unit test below checks
+/// the call sites against this list, so `store_latency` series can be created at zero.
+pub const REDIS_OPERATIONS: [&str; 11] = [
+    "create",
+    "credential_epoch",
+    "list",
+    "live",
+    "ping",
+    "revoke",
+    "revoke_all",
+    "touch",
+    "login_begin",
+    "login_finish",
+    "register_begin",
+];
+/// The operations the SQL record stores time (`Calls::run`), the same for Postgres and SQLite.
+pub const DATABASE_OPERATIONS: [&str; 18] = [
+    "active_sessions",
+    "count_active_sessions",
+    "create_user",
+    "credentials_by_email",
+    "devices",
+    "end_sessions",
+    "insert_session",
+    "ips",
+    "ping",
+    "purge_ended_sessions",
+    "record_activity",
+    "record_event",
+    "record_failed_login",
+    "record_login",
+    "set_password_hash",
+    "upsert_device",
+    "upsert_ip",
+    "user",
+];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     upstream_latency: HistogramVec,
     decisions: IntCounterVec,
     logins: IntCounterVec,
+    lockouts: IntCounter,
     registrations: IntCounterVec,
-    rate_limited: IntCounter,
     sessions_created: IntCounter,
     sessions_ended: IntCounterVec,
     store_errors: IntCounterVec,
     store_latency: HistogramVec,
+    store_up: IntGaugeVec,
+    ready: IntGauge,
     rate_limiter_clients: IntGauge,
     active_sessions: IntGauge,
     session_anomalies: IntCounterVec,
@@ -74,7 +161,7 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     open_connections: IntGauge,
     config_reloads: IntCounterVec,
-    config_reload_success: IntGauge,
+    config_last_reload: IntGauge,
     restart_required: IntGauge,
 }
 
@@ -132,22 +219,34 @@ impl Metrics {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "authgate_auth_decisions_total",
-                "Access decisions on requests: allowed, unauthenticated, rate_limited, locked, public, store_unavailable.",
+                "Access decisions on requests: allowed, unauthenticated, rate_limited (per-IP limiter), public, store_unavailable.",
             ),
             &["decision"],
         )?;
+        for decision in Decision::ALL {
+            decisions.with_label_values(&[decision.label()]);
+        }
         let logins = IntCounterVec::new(
-            Opts::new("authgate_logins_total", "Login attempts by outcome."),
+            Opts::new(
+                "authgate_logins_total",
+                "Login attempts by outcome (locked and rate_limited are the login throttles).",
+            ),
             &["outcome"],
+        )?;
+        for outcome in LOGIN_OUTCOMES {
+            logins.with_label_values(&[outcome]);
+        }
+        let lockouts = IntCounter::new(
+            "authgate_lockouts_total",
+            "Accounts (or unknown emails) locked by too many failed password checks.",
         )?;
         let registrations = IntCounterVec::new(
             Opts::new("authgate_registrations_total", "Registrations by outcome."),
             &["outcome"],
         )?;
-        let rate_limited = IntCounter::new(
-            "authgate_rate_limited_total",
-            "Requests refused by the per-IP rate limiter.",
-        )?;
+        for outcome in REGISTRATION_OUTCOMES {
+            registrations.with_label_values(&[outcome]);
+        }
         let sessions_created = IntCounter::new(
             "authgate_sessions_created_total",
             "Sessions created at login.",
@@ -159,6 +258,9 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        for reason in SESSION_END_REASONS {
+            sessions_ended.with_label_values(&[reason]);
+        }
         let store_errors = IntCounterVec::new(
             Opts::new(
                 "authgate_store_errors_total",
@@ -176,6 +278,17 @@ impl Metrics {
             ]),
             &["store", "operation"],
         )?;
+        let store_up = IntGaugeVec::new(
+            Opts::new(
+                "authgate_store_up",
+                "1 if the store answered its last readiness probe, else 0 (store: redis, memory, postgres, sqlite).",
+            ),
+            &["store"],
+        )?;
+        let ready = IntGauge::new(
+            "authgate_ready",
+            "1 if the last readiness probe passed (what /readyz answers 200 for), else 0.",
+        )?;
         let rate_limiter_clients = IntGauge::new(
             "authgate_rate_limiter_tracked_clients",
             "Client IPs (IPv6: /64s) the rate limiter currently holds state for.",
@@ -191,6 +304,9 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        for kind in SESSION_ANOMALIES {
+            session_anomalies.with_label_values(&[kind]);
+        }
         let write_behind_dropped = IntCounter::new(
             "authgate_write_behind_dropped_total",
             "Audit/session records dropped because the write-behind queue was full.",
@@ -202,7 +318,6 @@ impl Metrics {
             ),
             &["reason"],
         )?;
-        // Every reason is exported from the start, at zero.
         for reason in ConnectionRefusal::ALL {
             connections_refused.with_label_values(&[reason.label()]);
         }
@@ -210,56 +325,82 @@ impl Metrics {
             "authgate_open_connections",
             "Client connections open on the public listener now.",
         )?;
-        registry.register(Box::new(connections_refused.clone()))?;
-        registry.register(Box::new(open_connections.clone()))?;
-        registry.register(Box::new(active_sessions.clone()))?;
-        registry.register(Box::new(session_anomalies.clone()))?;
-        registry.register(Box::new(write_behind_dropped.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(upstream_latency.clone()))?;
-        registry.register(Box::new(decisions.clone()))?;
-        registry.register(Box::new(logins.clone()))?;
-        registry.register(Box::new(registrations.clone()))?;
-        registry.register(Box::new(rate_limited.clone()))?;
-        registry.register(Box::new(sessions_created.clone()))?;
-        registry.register(Box::new(sessions_ended.clone()))?;
-        registry.register(Box::new(store_errors.clone()))?;
-        registry.register(Box::new(store_latency.clone()))?;
-        registry.register(Box::new(rate_limiter_clients.clone()))?;
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "authgate_config_reloads_total",
-                "Hot reloads of gateway.toml by result (ok, error: rejected, old config kept).",
+                "Configuration reloads by result (ok, error); a rejected file keeps the old config serving.",
             ),
             &["result"],
         )?;
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
-        let config_reload_success = IntGauge::new(
+        let config_last_reload = IntGauge::new(
             "authgate_config_last_reload_success_timestamp_seconds",
-            "Unix time the configuration in force was loaded (start-up or last good reload).",
+            "Unix time of the last successful configuration load (start-up counts).",
         )?;
-        config_reload_success.set(unix_now());
+        config_last_reload.set(unix_now());
         let restart_required = IntGauge::new(
             "authgate_config_restart_required",
-            "1 when the file changes keys read only at start-up (see the log), 0 otherwise.",
+            "1 when the file in force changes keys read only at start-up (listed in the log).",
         )?;
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(config_reload_success.clone()))?;
-        registry.register(Box::new(restart_required.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "authgate_build_info",
+                "Always 1; the labels describe the running build.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(upstream_latency.clone()),
+            Box::new(decisions.clone()),
+            Box::new(logins.clone()),
+            Box::new(lockouts.clone()),
+            Box::new(registrations.clone()),
+            Box::new(sessions_created.clone()),
+            Box::new(sessions_ended.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(store_latency.clone()),
+            Box::new(store_up.clone()),
+            Box::new(ready.clone()),
+            Box::new(rate_limiter_clients.clone()),
+            Box::new(active_sessions.clone()),
+            Box::new(session_anomalies.clone()),
+            Box::new(write_behind_dropped.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload.clone()),
+            Box::new(restart_required.clone()),
+            Box::new(build_info),
+        ];
+        for collector in collectors {
+            registry.register(collector)?;
+        }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             registry,
             requests,
             upstream_latency,
             decisions,
             logins,
+            lockouts,
             registrations,
-            rate_limited,
             sessions_created,
             sessions_ended,
             store_errors,
             store_latency,
+            store_up,
+            ready,
             rate_limiter_clients,
             active_sessions,
             session_anomalies,
@@ -267,23 +408,26 @@ impl Metrics {
             connections_refused,
             open_connections,
             config_reloads,
-            config_reload_success,
+            config_last_reload,
             restart_required,
         })
     }
 
-    /// A hot reload was applied (`ok`) or rejected.
-    pub fn config_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
-        self.config_reloads.with_label_values(&[result]).inc();
-        if ok {
-            self.config_reload_success.set(unix_now());
+    /// Creates, at zero, the error counter and every latency series of the stores this
+    /// gateway uses (known only once the config is read), so rates and alerts have a series
+    /// from the first scrape.
+    pub fn stores_in_use(&self, stores: &[Store]) {
+        for store in stores {
+            self.store_errors.with_label_values(&[store.label()]);
+            let operations: &[&str] = match store {
+                Store::Redis => &REDIS_OPERATIONS,
+                Store::Postgres | Store::Sqlite => &DATABASE_OPERATIONS,
+            };
+            for operation in operations {
+                self.store_latency
+                    .with_label_values(&[store.label(), operation]);
+            }
         }
-    }
-
-    /// Whether the file in force changes keys that only a restart applies.
-    pub fn restart_required(&self, required: bool) {
-        self.restart_required.set(i64::from(required));
     }
 
     pub fn request(&self, route: &str, status: u16) {
@@ -306,17 +450,19 @@ impl Metrics {
 
     pub fn decision(&self, decision: Decision) {
         self.decisions.with_label_values(&[decision.label()]).inc();
-        if let Decision::RateLimited = decision {
-            self.rate_limited.inc();
-        }
     }
 
-    /// `outcome`: success, failure, invalid, disabled, unavailable.
+    /// `outcome`: one of [`LOGIN_OUTCOMES`].
     pub fn login(&self, outcome: &'static str) {
         self.logins.with_label_values(&[outcome]).inc();
     }
 
-    /// `outcome`: created, conflict, invalid, unavailable.
+    /// A failed password check locked an account (or an unknown email).
+    pub fn lockout(&self) {
+        self.lockouts.inc();
+    }
+
+    /// `outcome`: one of [`REGISTRATION_OUTCOMES`].
     pub fn registration(&self, outcome: &'static str) {
         self.registrations.with_label_values(&[outcome]).inc();
     }
@@ -325,7 +471,7 @@ impl Metrics {
         self.sessions_created.inc();
     }
 
-    /// `reason`: logout, revoked, evicted, expired.
+    /// `reason`: one of [`SESSION_END_REASONS`].
     pub fn session_ended(&self, reason: &'static str) {
         self.sessions_ended.with_label_values(&[reason]).inc();
     }
@@ -339,6 +485,33 @@ impl Metrics {
         }
     }
 
+    /// The result of a readiness probe: each store (by backend name) up or not, and whether
+    /// the gateway as a whole is ready.
+    pub fn readiness(&self, stores: &[(&str, bool)], ready: bool) {
+        for (store, up) in stores {
+            self.store_up
+                .with_label_values(&[store])
+                .set(i64::from(*up));
+        }
+        self.ready.set(i64::from(ready));
+    }
+
+    /// A configuration (re)load finished: `ok` if the new config is serving, `false` if it was
+    /// rejected and the old one keeps serving.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        if ok {
+            self.config_last_reload.set(unix_now());
+        }
+    }
+
+    /// Whether the file in force changes keys that only a restart applies.
+    pub fn restart_required(&self, required: bool) {
+        self.restart_required.set(i64::from(required));
+    }
+
     pub fn rate_limiter_clients(&self, count: usize) {
         self.rate_limiter_clients
             .set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -348,7 +521,7 @@ impl Metrics {
         self.active_sessions.set(count);
     }
 
-    /// `kind`: ip_changed, ua_changed.
+    /// `kind`: one of [`SESSION_ANOMALIES`].
     pub fn session_anomaly(&self, kind: &'static str) {
         self.session_anomalies.with_label_values(&[kind]).inc();
     }
@@ -385,35 +558,21 @@ impl Metrics {
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
-/// Replaces the running subscriber's filter.
-type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
-
-/// Changes the log level of the running process (hot reload of `log.level`).
-pub struct LogLevel {
-    /// `None` when no subscriber of ours is installed.
-    set: Option<SetFilter>,
-    /// `RUST_LOG` was set at start-up: it wins over the file, on reload too.
-    env_override: bool,
-}
-
-impl LogLevel {
-    /// Applies `level` (a tracing filter, already validated by the config check). Returns what
-    /// happened, for the reload log line.
-    pub fn set(&self, level: &str) -> Result<(), String> {
-        if self.env_override {
-            return Err("RUST_LOG is set and overrides log.level".into());
-        }
-        let set = self.set.as_ref().ok_or("no logger of ours is installed")?;
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid filter: {e}"))?;
-        set(filter)
-    }
-}
+/// Pingora's messages can be kilobytes long (a failed connect prints the whole peer with its
+/// options); past this many characters they are cut.
+const MAX_LIBRARY_MESSAGE_CHARS: usize = 200;
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured level. The
 /// returned handle changes the level later (hot reload).
+///
+/// Text logs carry ANSI colours only when stderr is a terminal, never in a file or a pipe.
+/// Records from the `log` crate (pingora logs through it) reach the same subscriber through
+/// [`LibraryLogs`], which shortens pingora's long messages to their first line.
 pub fn init_logging(config: &LogSection) -> LogLevel {
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_override = from_env.is_some();
@@ -429,17 +588,20 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
             let builder = builder
                 .json()
                 .flatten_event(true)
-                .with_current_span(false)
+                .with_current_span(true)
+                .with_span_list(false)
                 .with_filter_reloading();
             let handle = builder.reload_handle();
             set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
-            builder.try_init()
+            tracing::subscriber::set_global_default(builder.finish())
         }
         LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
+            let builder = builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter_reloading();
             let handle = builder.reload_handle();
             set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
-            builder.try_init()
+            tracing::subscriber::set_global_default(builder.finish())
         }
     };
     if installed.is_err() {
@@ -449,8 +611,172 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
             env_override,
         };
     }
+    if log::set_boxed_logger(Box::new(LibraryLogs)).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
     LogLevel {
         set: Some(set),
         env_override,
+    }
+}
+
+/// Replaces the running subscriber's filter.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Changes the log level of the running process (hot reload of `log.level`).
+pub struct LogLevel {
+    /// `None` when no subscriber of ours is installed.
+    set: Option<SetFilter>,
+    /// `RUST_LOG` was set at start-up: it wins over the file, on reload too.
+    env_override: bool,
+}
+
+impl LogLevel {
+    /// Applies `level` (a tracing filter, already validated by the config check).
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        if self.env_override {
+            return Err("RUST_LOG is set and overrides log.level".into());
+        }
+        let set = self.set.as_ref().ok_or("no logger of ours is installed")?;
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid filter: {e}"))?;
+        set(filter)
+    }
+}
+
+/// Forwards `log` records to tracing (like `tracing_log::LogTracer`), with the messages of
+/// pingora's crates summarised: first line only, at most [`MAX_LIBRARY_MESSAGE_CHARS`].
+struct LibraryLogs;
+
+impl log::Log for LibraryLogs {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        let level = tracing_log::AsTrace::as_trace(&metadata.level());
+        level <= tracing::level_filters::LevelFilter::current()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if !record.target().starts_with("pingora") {
+            let _ = tracing_log::format_trace(record);
+            return;
+        }
+        let message = summarise(&record.args().to_string());
+        let _ = tracing_log::format_trace(
+            &log::Record::builder()
+                .args(format_args!("{message}"))
+                .level(record.level())
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+/// The first line of `message`, cut to [`MAX_LIBRARY_MESSAGE_CHARS`] characters; what was
+/// dropped is counted, so a reader knows the message was longer.
+fn summarise(message: &str) -> String {
+    let first_line = message.lines().next().unwrap_or_default();
+    let kept: String = first_line.chars().take(MAX_LIBRARY_MESSAGE_CHARS).collect();
+    let dropped = message.len() - kept.len();
+    if dropped == 0 {
+        kept
+    } else {
+        format!("{kept}... ({dropped} more bytes)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_library_messages_are_kept_whole() {
+        assert_eq!(summarise("Bootstrap done"), "Bootstrap done");
+    }
+
+    #[test]
+    fn long_library_messages_keep_their_first_line_and_at_most_200_chars() {
+        let long = format!("Fail to connect to BasicPeer {{ {} }}", "x".repeat(2000));
+        let short = summarise(&long);
+        assert!(short.starts_with("Fail to connect to BasicPeer { xxx"));
+        assert!(short.chars().count() < 230, "{short}");
+        assert!(short.ends_with("(1833 more bytes)"), "{short}");
+        assert_eq!(summarise("first\nsecond"), "first... (7 more bytes)");
+        // Never cuts inside a character.
+        let accents = "é".repeat(300);
+        assert!(summarise(&accents).starts_with(&"é".repeat(200)));
+    }
+
+    #[test]
+    fn every_series_is_exported_at_start_and_the_exposition_is_well_formed() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.stores_in_use(&[Store::Redis, Store::Postgres]);
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        for expected in [
+            "authgate_build_info{version=\"",
+            "authgate_config_reloads_total{result=\"ok\"} 0",
+            "authgate_config_reloads_total{result=\"error\"} 0",
+            "authgate_logins_total{outcome=\"locked\"} 0",
+            "authgate_auth_decisions_total{decision=\"rate_limited\"} 0",
+            "authgate_sessions_ended_total{reason=\"expired\"} 0",
+            "authgate_store_errors_total{store=\"redis\"} 0",
+            "authgate_store_latency_seconds_count{operation=\"touch\",store=\"redis\"} 0",
+            "authgate_store_latency_seconds_count{operation=\"insert_session\",store=\"postgres\"} 0",
+            "authgate_config_last_reload_success_timestamp_seconds ",
+        ] {
+            assert!(text.contains(expected), "no {expected} in\n{text}");
+        }
+        assert!(!text.contains("authgate_rate_limited_total"));
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    /// The operation names passed to the store wrappers, read from the sources: every one must
+    /// be in the lists the series are created from.
+    fn operations_in(source: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for call in [".run(", ".call(", ".on_index("] {
+            for (at, _) in source.match_indices(call) {
+                let rest = source[at + call.len()..].trim_start();
+                if let Some(literal) = rest.strip_prefix('"') {
+                    if let Some(end) = literal.find('"') {
+                        found.push(literal[..end].to_string());
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_store_operation_lists_name_every_timed_call() {
+        let redis = [
+            include_str!("session/redis.rs"),
+            include_str!("limits/login/redis.rs"),
+        ];
+        for operation in redis.iter().flat_map(|source| operations_in(source)) {
+            assert!(
+                REDIS_OPERATIONS.contains(&operation.as_str()),
+                "redis operation {operation:?} is missing from REDIS_OPERATIONS"
+            );
+        }
+        let database = [
+            include_str!("store/postgres.rs"),
+            include_str!("store/sqlite.rs"),
+        ];
+        let mut seen = 0;
+        for operation in database.iter().flat_map(|source| operations_in(source)) {
+            seen += 1;
+            assert!(
+                DATABASE_OPERATIONS.contains(&operation.as_str()),
+                "database operation {operation:?} is missing from DATABASE_OPERATIONS"
+            );
+        }
+        assert!(seen > 10, "the scan found only {seen} database calls");
     }
 }

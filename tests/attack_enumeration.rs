@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// The headers of a response that could differ between two answers, minus the ones that
-/// legitimately vary per response (`date`).
+/// legitimately vary per response (`date`, `x-request-id`).
 fn comparable_headers(response: &reqwest::Response) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = response
         .headers()
         .iter()
-        .filter(|(name, _)| name.as_str() != "date")
+        // Different on every response by design, whoever asks.
+        .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id"))
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),

@@ -15,7 +15,6 @@ use crate::session::{
     EndReason, LiveSession, Login, Lookup, SessionData, SessionToken, Start, Started,
 };
 use crate::store::{AuditKind, AuthEvent, Credentials, NewUser, SessionRecord, User};
-use crate::telemetry::Decision;
 
 impl AuthApi {
     pub(super) async fn register(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
@@ -50,7 +49,7 @@ impl AuthApi {
             .begin_registration(request.client_ip)
             .await?
         {
-            self.metrics.decision(Decision::RateLimited);
+            // Counted once, as the registration outcome `rate_limited`.
             return Err(ApiError::RegistrationsFromAddress(wait));
         }
         // Registrations take a back seat to sign-ins on the bcrypt pool.
@@ -247,13 +246,10 @@ impl AuthApi {
             .begin(email, request.client_ip)
             .await?
         {
-            Some(Refusal::AccountLocked(wait)) => {
-                self.metrics.decision(Decision::Locked);
-                return Err(ApiError::Locked(wait));
-            }
+            // Counted once, by the caller, as the login outcome `locked` / `rate_limited`.
+            Some(Refusal::AccountLocked(wait)) => return Err(ApiError::Locked(wait)),
             Some(Refusal::TooManyFromIp(wait)) => {
-                self.metrics.decision(Decision::RateLimited);
-                return Err(ApiError::LoginAttemptsFromAddress(wait));
+                return Err(ApiError::LoginAttemptsFromAddress(wait))
             }
             Some(Refusal::Busy) => return Err(ApiError::RateLimited(Duration::from_secs(1))),
             None => {}
@@ -281,6 +277,7 @@ impl AuthApi {
                 }
                 self.audit(request, failure_event, user_id, None, json!({}));
                 if let Some(lockout) = lockout {
+                    self.metrics.lockout();
                     self.audit(
                         request,
                         AuditKind::Locked,
