@@ -16,6 +16,7 @@ pub mod limits;
 pub mod model;
 pub mod password;
 pub mod path;
+pub mod pool;
 pub mod respond;
 pub mod routes;
 pub mod server;

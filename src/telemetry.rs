@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -73,6 +73,17 @@ pub struct Metrics {
     write_behind_dropped: IntCounter,
     connections_refused: IntCounterVec,
     open_connections: IntGauge,
+    upstream_healthy: IntGaugeVec,
+    /// Where `upstream_healthy` is read from at each scrape: the live route table, so a
+    /// replaced table's upstreams disappear with it.
+    upstream_source: std::sync::OnceLock<std::sync::Arc<dyn UpstreamHealthSource>>,
+    /// One scrape refreshes `upstream_healthy` at a time.
+    upstream_refresh: std::sync::Mutex<()>,
+}
+
+/// Reports every route's upstreams as `(route prefix, upstream address, healthy)`.
+pub trait UpstreamHealthSource: Send + Sync {
+    fn upstream_health(&self) -> Vec<(String, String, bool)>;
 }
 
 /// Why the public listener refused or cut off a connection.
@@ -207,6 +218,14 @@ impl Metrics {
             "authgate_open_connections",
             "Client connections open on the public listener now.",
         )?;
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "authgate_upstream_healthy",
+                "Whether an upstream is in rotation (1) or taken out by a failed health check or failed connects (0), by route prefix and upstream address.",
+            ),
+            &["route", "upstream"],
+        )?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(active_sessions.clone()))?;
@@ -241,6 +260,9 @@ impl Metrics {
             write_behind_dropped,
             connections_refused,
             open_connections,
+            upstream_healthy,
+            upstream_source: std::sync::OnceLock::new(),
+            upstream_refresh: std::sync::Mutex::new(()),
         })
     }
 
@@ -330,7 +352,37 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every series.
+    /// Reads `authgate_upstream_healthy` from `source` at every scrape from now on (set once).
+    pub fn watch_upstreams(&self, source: std::sync::Arc<dyn UpstreamHealthSource>) {
+        if self.upstream_source.set(source).is_err() {
+            tracing::warn!("upstream health source already set");
+        }
+    }
+
+    /// Sets `authgate_upstream_healthy{route, upstream}` to 1 (healthy) or 0 (down).
+    pub fn upstream_healthy(&self, route: &str, upstream: &str, healthy: bool) {
+        self.upstream_healthy
+            .with_label_values(&[route, upstream])
+            .set(i64::from(healthy));
+    }
+
+    /// Replaces every `authgate_upstream_healthy` series with the source's current state.
+    fn refresh_upstream_health(&self) {
+        let Some(source) = self.upstream_source.get() else {
+            return;
+        };
+        let _one_at_a_time = self
+            .upstream_refresh
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.upstream_healthy.reset();
+        for (route, upstream, healthy) in source.upstream_health() {
+            self.upstream_healthy(&route, &upstream, healthy);
+        }
+    }
+
     pub fn render(&self) -> Vec<u8> {
+        self.refresh_upstream_health();
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

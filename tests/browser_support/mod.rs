@@ -106,7 +106,10 @@ impl Driver {
             match driver.wait_ready(&log_path).await {
                 Ok(()) => return driver,
                 Err(log) if attempt < ATTEMPTS && log.contains("Address already in use") => {
-                    eprintln!("chromedriver could not bind port {}; retrying on another", driver.port);
+                    eprintln!(
+                        "chromedriver could not bind port {}; retrying on another",
+                        driver.port
+                    );
                     // Dropping this attempt must not remove the directory the next one uses.
                     std::mem::take(&mut driver.dir);
                 }
