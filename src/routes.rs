@@ -370,6 +370,54 @@ mod tests {
         route
     }
 
+    #[tokio::test]
+    async fn ip_literal_pools_serve_at_once_and_ready_looks_names_up() {
+        let table = RouteTable::build(&[route("/", None, AuthMode::Public)]);
+        assert_eq!(table.routes[0].pool_size(), 1, "no lookup needed");
+        let mut named = route("/", None, AuthMode::Public);
+        named.upstreams = vec!["localhost:1".to_string()];
+        let table = RouteTable::build(&[named]);
+        assert_eq!(table.routes[0].pool_size(), 0, "not looked up during build");
+        table.ready().await;
+        assert!(table.routes[0].pool_size() >= 1, "looked up by ready()");
+    }
+
+    fn checked_route() -> RouteConfig {
+        let mut config = route("/", None, AuthMode::Public);
+        config.health_check.interval = Duration::from_millis(20);
+        config
+    }
+
+    #[tokio::test]
+    async fn a_retired_table_stops_its_background_work() {
+        let table = Arc::new(RouteTable::build(&[checked_route()]));
+        let running = tokio::spawn(table.clone().run_health_checks());
+        tokio::task::yield_now().await;
+        table.retire();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run_health_checks returns once the table is retired")
+            .expect("no panic");
+        // Retired before it started: returns at once.
+        let table = Arc::new(RouteTable::build(&[checked_route()]));
+        table.retire();
+        tokio::time::timeout(Duration::from_secs(10), table.clone().run_health_checks())
+            .await
+            .expect("returns at once");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_table_stops_its_background_work() {
+        let table = Arc::new(RouteTable::build(&[checked_route()]));
+        let running = tokio::spawn(table.clone().run_health_checks());
+        tokio::task::yield_now().await;
+        drop(table);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run_health_checks returns once the table is dropped")
+            .expect("no panic");
+    }
+
     #[test]
     fn strip_prefix_forwards_the_rest_of_the_path_from_a_slash() {
         let mut config = route("/app/", None, AuthMode::Required);

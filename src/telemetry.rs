@@ -77,7 +77,7 @@ pub struct Metrics {
     /// Where `upstream_healthy` is read from at each scrape: the live route table, so a
     /// replaced table's upstreams disappear with it.
     upstream_source: std::sync::OnceLock<std::sync::Arc<dyn UpstreamHealthSource>>,
-    /// One scrape refreshes `upstream_healthy` at a time.
+    /// One scrape refreshes and reads `upstream_healthy` at a time.
     upstream_refresh: std::sync::Mutex<()>,
 }
 
@@ -371,10 +371,6 @@ impl Metrics {
         let Some(source) = self.upstream_source.get() else {
             return;
         };
-        let _one_at_a_time = self
-            .upstream_refresh
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.upstream_healthy.reset();
         for (route, upstream, healthy) in source.upstream_health() {
             self.upstream_healthy(&route, &upstream, healthy);
@@ -382,6 +378,11 @@ impl Metrics {
     }
 
     pub fn render(&self) -> Vec<u8> {
+        // One scrape at a time refreshes and reads the upstream gauge.
+        let _one_at_a_time = self
+            .upstream_refresh
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refresh_upstream_health();
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.

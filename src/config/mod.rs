@@ -1172,6 +1172,91 @@ mod tests {
     }
 
     #[test]
+    fn route_pool_keys_have_documented_defaults() {
+        let route = &Config::parse(MINIMAL).expect("valid").routes[0];
+        assert_eq!(route.balance, Balance::RoundRobin);
+        assert_eq!(route.health_check.probe, Probe::Tcp);
+        assert_eq!(route.health_check.interval, Duration::from_secs(5));
+        assert_eq!(route.health_check.healthy_threshold, 2);
+        assert_eq!(route.health_check.unhealthy_threshold, 2);
+        assert_eq!(route.max_connect_failures, 3);
+        assert_eq!(route.failure_cooldown, Duration::from_secs(10));
+        assert_eq!(route.write_timeout, Duration::from_secs(30));
+        assert_eq!(route.idle_timeout, Duration::from_secs(60));
+        assert!(route.tls.is_none());
+        assert!(!route.strip_prefix);
+        assert!(route.add_request_headers.is_empty());
+        assert!(route.rate_limit.is_none());
+    }
+
+    #[test]
+    fn upstream_tls_verifies_unless_told_otherwise() {
+        let with = |lines: &str| Config::parse(&format!("{MINIMAL}{lines}\n"));
+        let tls = with("tls = true").unwrap().routes[0]
+            .tls
+            .clone()
+            .expect("tls");
+        assert!(tls.verify);
+        assert_eq!(tls.sni, None);
+        let tls = with("tls = true\nsni = \"App.Internal\"\ntls_verify = false")
+            .unwrap()
+            .routes[0]
+            .tls
+            .clone()
+            .expect("tls");
+        assert!(!tls.verify);
+        assert_eq!(tls.sni.as_deref(), Some("app.internal"));
+        let error = with("tls_verify = false").unwrap_err().to_string();
+        assert!(error.starts_with("route[0].tls_verify (line 4)"), "{error}");
+        let dir = std::env::temp_dir().join(format!("authgate-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let error = with(&format!(
+            "tls = true\ntls_ca_file = \"{}\"",
+            not_pem.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("route[0].tls_ca_file") && error.contains("no PEM certificate"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn added_headers_are_checked_and_identity_headers_refused() {
+        let with = |lines: &str| Config::parse(&format!("{MINIMAL}{lines}\n"));
+        let route = &with("add_request_headers = { \"X-Tenant\" = \"acme\" }")
+            .unwrap()
+            .routes[0];
+        assert_eq!(route.add_request_headers[0].0.as_str(), "x-tenant");
+        assert_eq!(route.add_request_headers[0].1, "acme");
+        for bad in [
+            "{ \"X-User-Id\" = \"x\" }",
+            "{ \"x-user-email\" = \"x\" }",
+            "{ \"X-Auth-Request-User\" = \"x\" }",
+            "{ \"Forwarded\" = \"for=1.2.3.4\" }",
+            "{ \"Cookie\" = \"a=b\" }",
+            "{ \"X-Ok\" = \"a\\nb\" }",
+        ] {
+            let error = with(&format!("add_request_headers = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("route[0].add_request_headers (line 4)"),
+                "{bad}: {error}"
+            );
+        }
+        // An operator's own strip_headers are identity headers too.
+        let text = format!(
+            "[server]\nstrip_headers = [\"X-Tenant-Role\"]\n{MINIMAL}add_request_headers = {{ \"X-Tenant-Role\" = \"admin\" }}\n"
+        );
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
     fn auth_prefix_cannot_be_routed() {
         let text = "[[route]]\nprefix = \"/auth/\"\nupstreams = [\"127.0.0.1:1\"]\n";
         assert!(Config::parse(text).is_err());
