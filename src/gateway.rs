@@ -10,10 +10,15 @@
 //!             3 strip identity headers               identity.rs          │
 //!             4 /auth/*                  ──▶ API     auth/                │
 //!             5 route + readings check   ──▶ 404/400 routes.rs            │
+//!               route's own rate limit   ──▶ 429                          │
 //!               forward the normalised target        target.rs            │
+//!               (without the prefix: strip_prefix)                        │
 //!             6 session (protected)      ──▶ 401/302/503 session/         ┘
-//!          ─▶ upstream_peer              round-robin healthy upstream, or 503
-//!          ─▶ upstream_request_filter    inject X-User-Id (+ email, session id); drop our cookies
+//!          ─▶ upstream_peer              a healthy upstream not tried yet (pool.rs), or 503
+//!          ─▶ fail_to_connect            passive health; idempotent → retry elsewhere
+//!          ─▶ connected_to_upstream      passive health: the failure run is over
+//!          ─▶ upstream_request_filter    route's add_request_headers; inject X-User-Id
+//!                                        (+ email, session id); drop our cookies
 //!          ─▶ upstream_response_filter   upstream latency
 //!          ─▶ response_filter            drop the upstream's Set-Cookie for our cookies and
 //!                                        identity headers; HSTS; re-issue the sliding cookie;
@@ -31,7 +36,7 @@
 //!
 //! The hot path of a proxied request touches Redis once (the session check) and Postgres never.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +56,8 @@ use crate::client_ip;
 use crate::config::AuthMode;
 use crate::error::UpstreamFailure;
 use crate::identity::{self, IdentityHeaders};
-use crate::limits::ip_rate::IpRateLimiter;
+use crate::limits::ip_rate::{Exceeded, IpRateLimiter};
+use crate::pool::Lease;
 use crate::request_id::{self, RequestId};
 use crate::respond::Responder;
 use crate::routes::{Refusal, Route, RouteTable};
@@ -101,9 +107,22 @@ pub struct RequestContext {
     /// A refreshed session cookie to hand back with the upstream's response.
     set_cookie: Option<String>,
     upstream_started: Option<Instant>,
+    /// The upstream this attempt goes to, and its in-flight lease (least connections).
+    upstream: Option<(SocketAddr, Lease)>,
+    /// Upstreams a connect already failed on (a retry goes elsewhere).
+    tried: Vec<SocketAddr>,
 }
 
 impl RequestContext {
+    /// What `consistent_hash` routes hash: the signed-in user, else the client IP.
+    fn balance_key(&self) -> Vec<u8> {
+        match (&self.identity, self.client_ip) {
+            (Some(identity), _) => identity.user_id.as_bytes().to_vec(),
+            (None, Some(ip)) => ip.to_string().into_bytes(),
+            (None, None) => Vec::new(),
+        }
+    }
+
     /// The metrics/log label: the matched route's prefix, "/auth", or "none".
     fn route_label(&self) -> &str {
         self.route
@@ -146,6 +165,8 @@ impl ProxyHttp for Gateway {
             identity: None,
             set_cookie: None,
             upstream_started: None,
+            upstream: None,
+            tried: Vec::new(),
         }
     }
 
@@ -160,15 +181,7 @@ impl ProxyHttp for Gateway {
         self.settle_request_id(session, ctx)?;
 
         if let Err(exceeded) = self.limiter.load().check(client_ip) {
-            self.metrics.decision(Decision::RateLimited);
-            let error = ApiError::RateLimited(exceeded.retry_after);
-            let reset = error.retry_after().unwrap_or(1).to_string();
-            let headers = [
-                ("ratelimit-limit", exceeded.limit.to_string()),
-                ("ratelimit-remaining", "0".to_string()),
-                ("ratelimit-reset", reset),
-            ];
-            self.respond.api_error(session, &error, &headers).await?;
+            self.refuse_rate_limited(session, &exceeded).await?;
             return Ok(true);
         }
 
@@ -217,7 +230,12 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.route = Some(route.clone());
-        target.apply(session.req_header_mut())?;
+        if let Err(exceeded) = route.check_rate(client_ip) {
+            self.refuse_rate_limited(session, &exceeded).await?;
+            return Ok(true);
+        }
+        let forwarded_path = route.forwarded_path(target.path.as_str());
+        target.apply_with_path(session.req_header_mut(), &forwarded_path)?;
 
         match route.auth {
             AuthMode::Public => {
@@ -238,13 +256,60 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let peer = ctx
-            .route
-            .as_ref()
-            .and_then(|route| route.select_peer())
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(ErrorType::HTTPStatus(503), "no route"));
+        };
+        let Some(selected) = route.select_upstream(&ctx.balance_key(), &ctx.tried) else {
+            return Err(if ctx.tried.is_empty() {
+                Error::explain(ErrorType::HTTPStatus(503), "no upstream")
+            } else {
+                Error::explain(
+                    ErrorType::ConnectRefused,
+                    "every upstream refused to connect",
+                )
+            });
+        };
+        // Replacing a previous attempt's lease ends it.
+        ctx.upstream = Some((selected.upstream, selected.lease));
         ctx.upstream_started = Some(Instant::now());
-        Ok(peer)
+        Ok(selected.peer)
+    }
+
+    /// A connect failed, so nothing was sent: an idempotent request is tried again on an
+    /// upstream not tried yet, at most once per upstream; anything else ends here (502).
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        let Some(route) = ctx.route.clone() else {
+            return error;
+        };
+        if let Some((upstream, _lease)) = ctx.upstream.take() {
+            route.connect_failed(upstream);
+            ctx.tried.push(upstream);
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        error.set_retry(idempotent && ctx.tried.len() < route.pool_size());
+        error
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        if let (Some(route), Some((upstream, _))) = (&ctx.route, &ctx.upstream) {
+            route.connected(*upstream);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -253,6 +318,12 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
+        if let Some(route) = &ctx.route {
+            // Checked at load: never an identity, forwarding or framing header.
+            for (name, value) in route.added_headers() {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
         if let Some(client_ip) = ctx.client_ip {
             forwarding_headers(upstream_request, client_ip, ctx.via_trusted_proxy)?;
         }
@@ -368,6 +439,23 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Step 2 (and a route's own `rate_limit`): 429 with `Retry-After` and `RateLimit-*`.
+    async fn refuse_rate_limited(
+        &self,
+        session: &mut Session,
+        exceeded: &Exceeded,
+    ) -> pingora::Result<()> {
+        self.metrics.decision(Decision::RateLimited);
+        let error = ApiError::RateLimited(exceeded.retry_after);
+        let reset = error.retry_after().unwrap_or(1).to_string();
+        let headers = [
+            ("ratelimit-limit", exceeded.limit.to_string()),
+            ("ratelimit-remaining", "0".to_string()),
+            ("ratelimit-reset", reset),
+        ];
+        self.respond.api_error(session, &error, &headers).await
+    }
+
     /// The gateway's own cookies (base names), which upstreams may neither see nor set.
     fn own_cookies(&self) -> [&str; 2] {
         [

@@ -96,6 +96,12 @@ impl IdentityHeaders {
             .collect()
     }
 
+    /// Whether only the gateway may set this header towards an upstream: an identity header,
+    /// or a forwarding header it writes itself.
+    pub fn is_reserved(&self, name: &HeaderName) -> bool {
+        self.is_identity(name) || is_forwarding(name.as_str())
+    }
+
     fn is_identity(&self, name: &HeaderName) -> bool {
         let name = name.as_str(); // HeaderName is always lower-case
         BUILT_IN.iter().any(|identity| same_name(name, identity))

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod model;
 pub mod password;
 pub mod path;
+pub mod pool;
 pub mod reload;
 pub mod request_id;
 pub mod respond;

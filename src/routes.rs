@@ -16,20 +16,16 @@
 //! reload (not built yet) can swap it whole while in-flight requests keep the one they matched.
 //! Each route owns a round-robin pool of upstreams with an active TCP health check.
 
-use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use futures::FutureExt as _;
-use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::{health_check::TcpHealthCheck, Backend, Backends, LoadBalancer};
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{ErrorType, OrErr};
+use http::{HeaderName, HeaderValue};
 
 use crate::config::{AuthMode, RouteConfig};
+use crate::limits::ip_rate::{Exceeded, IpRateLimiter};
 use crate::path::NormalizedPath;
+use crate::pool::{Selected, UpstreamPool};
 
 pub struct Route {
     pub prefix: String,
@@ -37,12 +33,11 @@ pub struct Route {
     pub auth: AuthMode,
     case_insensitive: bool,
     allow_encoded_slash: bool,
-    upstreams: Arc<LoadBalancer<RoundRobin>>,
-    /// Some upstream is a host name, looked up at run time and every [`RESOLVE_INTERVAL`].
-    needs_lookup: bool,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    health_check_interval: Duration,
+    strip_prefix: bool,
+    add_request_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Per client IP on this route (on top of the global limiter).
+    rate_limit: Option<IpRateLimiter>,
+    pool: UpstreamPool,
 }
 
 /// Why a path is not forwarded.
@@ -78,80 +73,74 @@ impl Refusal {
 /// needs no network), and again every this often.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The route's upstreams, as written (`host:port`): IP literals as they are, host names looked
-/// up (every address they resolve to) each time pingora asks. A failed lookup keeps the last
-/// known addresses.
-struct UpstreamNames(Vec<String>);
-
-impl UpstreamNames {
-    fn needs_lookup(&self) -> bool {
-        self.0
-            .iter()
-            .any(|name| name.parse::<std::net::SocketAddr>().is_err())
-    }
-}
-
-#[async_trait]
-impl ServiceDiscovery for UpstreamNames {
-    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let mut backends = BTreeSet::new();
-        for name in &self.0 {
-            if let Ok(addr) = name.parse::<std::net::SocketAddr>() {
-                backends.insert(Backend::new(&addr.to_string())?);
-                continue;
-            }
-            let addrs = tokio::net::lookup_host(name.as_str())
-                .await
-                .or_err_with(ErrorType::ConnectNoRoute, || {
-                    format!("cannot resolve upstream {name}")
-                })?;
-            for addr in addrs {
-                backends.insert(Backend::new(&addr.to_string())?);
-            }
-        }
-        Ok((backends, HashMap::new()))
-    }
-}
+/// Idle per-route rate-limiter state is dropped this often.
+const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 
 impl Route {
     fn build(config: &RouteConfig) -> Route {
-        let names = UpstreamNames(config.upstreams.clone());
-        let needs_lookup = names.needs_lookup();
-        let mut upstreams =
-            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(names)));
-        upstreams.set_health_check(TcpHealthCheck::new());
-        if !needs_lookup {
-            // IP literals only: the first discovery completes without waiting.
-            if let Some(Err(error)) = upstreams.update().now_or_never() {
-                tracing::warn!(%error, prefix = %config.prefix, "cannot set up upstreams");
-            }
-        }
         Route {
             prefix: config.prefix.clone(),
             host: config.host.clone(),
             auth: config.auth,
             case_insensitive: config.case_insensitive,
             allow_encoded_slash: config.allow_encoded_slash,
-            upstreams: Arc::new(upstreams),
-            needs_lookup,
-            connect_timeout: config.connect_timeout,
-            read_timeout: config.read_timeout,
-            health_check_interval: config.health_check_interval,
+            strip_prefix: config.strip_prefix,
+            add_request_headers: config.add_request_headers.clone(),
+            rate_limit: config.rate_limit.as_ref().map(IpRateLimiter::new),
+            pool: UpstreamPool::build(config),
         }
     }
 
-    /// The next healthy upstream, round-robin. When every upstream is marked down, one is
-    /// tried anyway: a stale health mark must not take a route offline, and a real failure
-    /// still ends as a 502.
-    pub fn select_peer(&self) -> Option<Box<HttpPeer>> {
-        let backend = self
-            .upstreams
-            .select(b"", 256)
-            .or_else(|| self.upstreams.select_with(b"", 256, |_, _| true))?;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
-        Some(Box::new(peer))
+    /// The next upstream for a request, never one already `tried` (a failed connect). When
+    /// every upstream is marked down, one is tried anyway: a stale health mark must not take a
+    /// route offline, and a real failure still ends as a 502. `None` once every upstream was
+    /// tried. `key` picks the upstream on `consistent_hash` routes.
+    pub fn select_upstream(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selected> {
+        self.pool.select(key, tried)
+    }
+
+    /// How many upstreams this route has now (the bound on connect retries).
+    pub fn pool_size(&self) -> usize {
+        self.pool.size()
+    }
+
+    /// Passive health: a connect to `upstream` failed, or succeeded.
+    pub fn connect_failed(&self, upstream: SocketAddr) {
+        self.pool.connect_failed(upstream);
+    }
+
+    pub fn connected(&self, upstream: SocketAddr) {
+        self.pool.connected(upstream);
+    }
+
+    /// This route's own per-IP limit (`route.rate_limit`), if it has one.
+    pub fn check_rate(&self, client_ip: IpAddr) -> Result<(), Exceeded> {
+        match &self.rate_limit {
+            Some(limiter) => limiter.check(client_ip),
+            None => Ok(()),
+        }
+    }
+
+    /// The headers `add_request_headers` sets on every forwarded request.
+    pub fn added_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.add_request_headers
+    }
+
+    /// The path the upstream is sent for the normalised `path` this route matched: the path
+    /// itself, or with `strip_prefix` the rest after the prefix (always starting with `/`).
+    pub fn forwarded_path(&self, path: &str) -> String {
+        if !self.strip_prefix {
+            return path.to_string();
+        }
+        let folder = self.prefix.strip_suffix('/').unwrap_or(&self.prefix);
+        // The match was checked already (in this route's case rules): cut by length.
+        let rest = if path.len() >= self.prefix.len() {
+            path.get(self.prefix.len()..).unwrap_or("")
+        } else {
+            path.get(folder.len()..).unwrap_or("")
+        };
+        let rest = rest.trim_start_matches('/');
+        format!("/{rest}")
     }
 
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
@@ -188,10 +177,10 @@ impl Route {
 pub struct RouteTable {
     /// Sorted so that the first match is the best one.
     routes: Vec<Arc<Route>>,
-    /// Set by [`RouteTable::retire`]: the table's background work stops.
-    retired: tokio::sync::watch::Sender<bool>,
     /// Some upstream reads paths like IIS: 8.3 short names (`ADMINI~1`) are refused too.
     folds_case: bool,
+    /// `true` once retired; dropped with the table. Either stops its background work.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl RouteTable {
@@ -254,60 +243,91 @@ impl RouteTable {
         Ok(route)
     }
 
-    /// Completes the first lookup of every route's upstream names, so that a table built for
-    /// a hot reload serves at once. (IP literals are usable as soon as the table is built.)
+    /// Completes the first discovery (DNS lookup) of every route, so that a freshly built
+    /// table can serve at once. Routes whose upstreams are all IP literals are ready after
+    /// [`RouteTable::build`] already.
     pub async fn ready(&self) {
-        for route in self.routes.iter().filter(|route| route.needs_lookup) {
-            if let Err(error) = route.upstreams.update().await {
-                tracing::warn!(%error, prefix = %route.prefix, "upstream lookup failed");
-            }
-        }
+        let lookups = self
+            .routes
+            .iter()
+            .filter(|route| route.pool.needs_lookup())
+            .map(|route| route.pool.discover());
+        futures::future::join_all(lookups).await;
     }
 
-    /// Stops the table's background work (health checks, lookups): it has been replaced.
+    /// Stops this table's background work ([`RouteTable::run_health_checks`] returns
+    /// promptly). Requests that already hold one of its routes still complete.
     pub fn retire(&self) {
         self.retired.send_replace(true);
     }
 
-    /// Runs every route's upstream lookups and health checks until [`RouteTable::retire`] is
-    /// called or the returned future is dropped (either aborts them).
+    /// Every route's upstreams and whether each is in rotation, as `(route prefix, upstream,
+    /// healthy)`, for the `authgate_upstream_healthy` gauge.
+    pub fn upstream_health(&self) -> Vec<(String, String, bool)> {
+        self.routes
+            .iter()
+            .flat_map(|route| {
+                route.pool.health().into_iter().map(|(upstream, healthy)| {
+                    (route.prefix.clone(), upstream.to_string(), healthy)
+                })
+            })
+            .collect()
+    }
+
+    /// Runs every route's upstream lookups, health checks and rate-limiter sweeps until the
+    /// table is retired or dropped (the tasks hold its routes, never the table itself), or the
+    /// returned future is dropped.
     pub async fn run_health_checks(self: Arc<Self>) {
         let mut retired = self.retired.subscribe();
+        let routes = self.routes.clone();
+        drop(self);
+        if *retired.borrow_and_update() {
+            return;
+        }
         let mut checks = tokio::task::JoinSet::new();
-        for route in &self.routes {
-            if route.health_check_interval.is_zero() && !route.needs_lookup {
+        for route in routes {
+            let interval = route.pool.health_check_interval;
+            if interval.is_zero() && !route.pool.needs_lookup() && route.rate_limit.is_none() {
                 continue;
             }
-            let route = route.clone();
             checks.spawn(async move {
-                let period = match route.health_check_interval {
-                    interval if interval.is_zero() => RESOLVE_INTERVAL,
-                    interval => interval.min(RESOLVE_INTERVAL),
+                let period = match interval {
+                    interval if interval.is_zero() => RESOLVE_INTERVAL.min(LIMITER_SWEEP),
+                    interval => interval.min(RESOLVE_INTERVAL).min(LIMITER_SWEEP),
                 };
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut resolved: Option<Instant> = None;
+                let mut swept = Instant::now();
                 loop {
                     tick.tick().await;
-                    if route.needs_lookup
+                    if route.pool.needs_lookup()
                         && resolved.is_none_or(|at| at.elapsed() >= RESOLVE_INTERVAL)
                     {
                         resolved = Some(Instant::now());
-                        if let Err(error) = route.upstreams.update().await {
-                            tracing::warn!(%error, prefix = %route.prefix, "upstream lookup failed; keeping the last addresses");
-                        }
+                        route.pool.discover().await;
                     }
-                    if !route.health_check_interval.is_zero() {
-                        route.upstreams.backends().run_health_check(true).await;
+                    if !interval.is_zero() {
+                        route.pool.check_health().await;
+                    }
+                    if let Some(limiter) = &route.rate_limit {
+                        if swept.elapsed() >= LIMITER_SWEEP {
+                            swept = Instant::now();
+                            limiter.forget_idle();
+                        }
                     }
                 }
             });
         }
-        let all_done = async { while checks.join_next().await.is_some() {} };
-        tokio::select! {
-            () = all_done => {}
-            _ = retired.wait_for(|retired| *retired) => {}
-        }
+        // Until retired (`Ok(true)`) or the table is dropped (`Err`); dropping `checks` then
+        // aborts every task.
+        let _ = retired.wait_for(|retired| *retired).await;
+    }
+}
+
+impl crate::telemetry::UpstreamHealthSource for arc_swap::ArcSwap<RouteTable> {
+    fn upstream_health(&self) -> Vec<(String, String, bool)> {
+        self.load().upstream_health()
     }
 }
 
@@ -339,17 +359,82 @@ mod tests {
     use super::*;
 
     fn route(prefix: &str, host: Option<&str>, auth: AuthMode) -> RouteConfig {
-        RouteConfig {
-            prefix: prefix.to_string(),
-            host: host.map(str::to_string),
-            upstreams: vec!["127.0.0.1:1".to_string()],
-            auth,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            health_check_interval: Duration::ZERO,
-            case_insensitive: false,
-            allow_encoded_slash: false,
+        let mut text = format!("[[route]]\nprefix = \"{prefix}\"\nupstreams = [\"127.0.0.1:1\"]\n");
+        text.push_str("health_check_interval = \"0s\"\n");
+        if let Some(host) = host {
+            text.push_str(&format!("host = \"{host}\"\n"));
         }
+        let mut config = crate::config::Config::parse(&text).expect("test route");
+        let mut route = config.routes.remove(0);
+        route.auth = auth;
+        route
+    }
+
+    #[tokio::test]
+    async fn ip_literal_pools_serve_at_once_and_ready_looks_names_up() {
+        let table = RouteTable::build(&[route("/", None, AuthMode::Public)]);
+        assert_eq!(table.routes[0].pool_size(), 1, "no lookup needed");
+        let mut named = route("/", None, AuthMode::Public);
+        named.upstreams = vec!["localhost:1".to_string()];
+        let table = RouteTable::build(&[named]);
+        assert_eq!(table.routes[0].pool_size(), 0, "not looked up during build");
+        table.ready().await;
+        assert!(table.routes[0].pool_size() >= 1, "looked up by ready()");
+    }
+
+    fn checked_route() -> RouteConfig {
+        let mut config = route("/", None, AuthMode::Public);
+        config.health_check.interval = Duration::from_millis(20);
+        config
+    }
+
+    #[tokio::test]
+    async fn a_retired_table_stops_its_background_work() {
+        let table = Arc::new(RouteTable::build(&[checked_route()]));
+        let running = tokio::spawn(table.clone().run_health_checks());
+        tokio::task::yield_now().await;
+        table.retire();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run_health_checks returns once the table is retired")
+            .expect("no panic");
+        // Retired before it started: returns at once.
+        let table = Arc::new(RouteTable::build(&[checked_route()]));
+        table.retire();
+        tokio::time::timeout(Duration::from_secs(10), table.clone().run_health_checks())
+            .await
+            .expect("returns at once");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_table_stops_its_background_work() {
+        let table = Arc::new(RouteTable::build(&[checked_route()]));
+        let running = tokio::spawn(table.clone().run_health_checks());
+        tokio::task::yield_now().await;
+        drop(table);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run_health_checks returns once the table is dropped")
+            .expect("no panic");
+    }
+
+    #[test]
+    fn strip_prefix_forwards_the_rest_of_the_path_from_a_slash() {
+        let mut config = route("/app/", None, AuthMode::Required);
+        config.strip_prefix = true;
+        let app = Route::build(&config);
+        assert_eq!(app.forwarded_path("/app/x"), "/x");
+        assert_eq!(app.forwarded_path("/app/x/y/"), "/x/y/");
+        assert_eq!(app.forwarded_path("/app/"), "/");
+        assert_eq!(app.forwarded_path("/app"), "/");
+        assert_eq!(app.forwarded_path("/app//x"), "/x");
+        let mut config = route("/api", None, AuthMode::Required);
+        config.strip_prefix = true;
+        let api = Route::build(&config);
+        assert_eq!(api.forwarded_path("/api/v1"), "/v1");
+        assert_eq!(api.forwarded_path("/api"), "/");
+        let kept = Route::build(&route("/app/", None, AuthMode::Required));
+        assert_eq!(kept.forwarded_path("/app/x"), "/app/x");
     }
 
     #[test]

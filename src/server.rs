@@ -220,6 +220,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let table = Arc::new(RouteTable::build(&route_configs));
     background.spawn(table.clone().run_health_checks());
     let routes = Arc::new(ArcSwap::new(table));
+    metrics.watch_upstreams(routes.clone());
 
     let limiter = Arc::new(ArcSwap::from_pointee(IpRateLimiter::new(&rate_limit)));
     background.spawn(sweep_rate_limiter(limiter.clone(), metrics.clone()));

@@ -136,8 +136,18 @@ impl RequestTarget {
     /// Makes the request carry the normalised target (origin-form) and Host, so the upstream
     /// is sent exactly what was read here and never the client's raw bytes.
     pub fn apply(&self, request: &mut RequestHeader) -> pingora::Result<()> {
+        self.apply_with_path(request, self.path.as_str())
+    }
+
+    /// [`RequestTarget::apply`], with `path` (a route's rewrite of the normalised path, e.g.
+    /// without its prefix) in place of the path.
+    pub fn apply_with_path(&self, request: &mut RequestHeader, path: &str) -> pingora::Result<()> {
+        let path_and_query = match &self.query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_string(),
+        };
         let uri = Uri::builder()
-            .path_and_query(self.path_and_query())
+            .path_and_query(path_and_query)
             .build()
             .or_err(InvalidHTTPHeader, "cannot rebuild the request target")?;
         request.set_uri(uri);

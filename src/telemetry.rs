@@ -163,6 +163,17 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_last_reload: IntGauge,
     restart_required: IntGauge,
+    upstream_healthy: IntGaugeVec,
+    /// Where `upstream_healthy` is read from at each scrape: the live route table, so a
+    /// replaced table's upstreams disappear with it.
+    upstream_source: std::sync::OnceLock<std::sync::Arc<dyn UpstreamHealthSource>>,
+    /// One scrape refreshes and reads `upstream_healthy` at a time.
+    upstream_refresh: std::sync::Mutex<()>,
+}
+
+/// Reports every route's upstreams as `(route prefix, upstream address, healthy)`.
+pub trait UpstreamHealthSource: Send + Sync {
+    fn upstream_health(&self) -> Vec<(String, String, bool)>;
 }
 
 /// Why the public listener refused or cut off a connection.
@@ -340,6 +351,13 @@ impl Metrics {
             "Unix time of the last successful configuration load (start-up counts).",
         )?;
         config_last_reload.set(unix_now());
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "authgate_upstream_healthy",
+                "Whether an upstream is in rotation (1) or taken out by a failed health check or failed connects (0), by route prefix and upstream address.",
+            ),
+            &["route", "upstream"],
+        )?;
         let restart_required = IntGauge::new(
             "authgate_config_restart_required",
             "1 when the file in force changes keys read only at start-up (listed in the log).",
@@ -377,6 +395,7 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload.clone()),
             Box::new(restart_required.clone()),
+            Box::new(upstream_healthy.clone()),
             Box::new(build_info),
         ];
         for collector in collectors {
@@ -410,6 +429,9 @@ impl Metrics {
             config_reloads,
             config_last_reload,
             restart_required,
+            upstream_healthy,
+            upstream_source: std::sync::OnceLock::new(),
+            upstream_refresh: std::sync::Mutex::new(()),
         })
     }
 
@@ -544,8 +566,39 @@ impl Metrics {
         self.open_connections.dec();
     }
 
+    /// Reads `authgate_upstream_healthy` from `source` at every scrape from now on (set once).
+    pub fn watch_upstreams(&self, source: std::sync::Arc<dyn UpstreamHealthSource>) {
+        if self.upstream_source.set(source).is_err() {
+            tracing::warn!("upstream health source already set");
+        }
+    }
+
+    /// Sets `authgate_upstream_healthy{route, upstream}` to 1 (healthy) or 0 (down).
+    pub fn upstream_healthy(&self, route: &str, upstream: &str, healthy: bool) {
+        self.upstream_healthy
+            .with_label_values(&[route, upstream])
+            .set(i64::from(healthy));
+    }
+
+    /// Replaces every `authgate_upstream_healthy` series with the source's current state.
+    fn refresh_upstream_health(&self) {
+        let Some(source) = self.upstream_source.get() else {
+            return;
+        };
+        self.upstream_healthy.reset();
+        for (route, upstream, healthy) in source.upstream_health() {
+            self.upstream_healthy(&route, &upstream, healthy);
+        }
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> Vec<u8> {
+        // One scrape at a time refreshes and reads the upstream gauge.
+        let _one_at_a_time = self
+            .upstream_refresh
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.refresh_upstream_health();
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

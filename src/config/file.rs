@@ -327,6 +327,66 @@ pub struct RouteSection {
     /// Forward paths holding an encoded slash (`%2F`) instead of refusing them.
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub health_check: HealthCheckKind,
+    #[serde(default = "default_health_path")]
+    pub health_check_path: String,
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: usize,
+    #[serde(default = "default_threshold")]
+    pub unhealthy_threshold: usize,
+    /// Consecutive failed connects that take an upstream out of rotation (0: never).
+    #[serde(default = "default_max_connect_failures")]
+    pub max_connect_failures: u32,
+    #[serde(default = "default_failure_cooldown", deserialize_with = "duration")]
+    pub failure_cooldown: Duration,
+    #[serde(default = "default_read_timeout", deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub add_request_headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub rate_limit: Option<RouteRateLimit>,
+}
+
+/// `route.rate_limit`: per client IP, on this route only (on top of `[rate_limit]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+/// `route.balance`: how a route spreads requests over its upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    ConsistentHash,
+}
+
+/// `route.health_check`: how upstreams are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Tcp,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -347,6 +407,30 @@ fn default_read_timeout() -> Duration {
 
 fn default_health_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_health_path() -> String {
+    "/".to_string()
+}
+
+fn default_threshold() -> usize {
+    2
+}
+
+fn default_max_connect_failures() -> u32 {
+    3
+}
+
+fn default_failure_cooldown() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use file::{
-    AuthMode, GeoipSection, LogFormat, LogSection, LoginProtectionSection, OnLimit,
+    AuthMode, Balance, GeoipSection, LogFormat, LogSection, LoginProtectionSection, OnLimit,
     RateLimitSection, StorageSection,
 };
 use file::{FileConfig, PasswordSection, RouteSection, ServerSection, SessionSection};
@@ -121,11 +121,70 @@ pub struct RouteConfig {
     /// `host:port`, checked but not resolved (names are looked up at run time).
     pub upstreams: Vec<String>,
     pub auth: AuthMode,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub health_check_interval: Duration,
     pub case_insensitive: bool,
     pub allow_encoded_slash: bool,
+    /// Forward the path without the matched prefix (`/app/` + `/app/x` → `/x`).
+    pub strip_prefix: bool,
+    /// Headers set on every request forwarded on this route (never identity or framing
+    /// headers: refused at load).
+    pub add_request_headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// Per client IP on this route, on top of `[rate_limit]`.
+    pub rate_limit: Option<RateLimitSection>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How long an idle keep-alive connection to an upstream is kept for reuse.
+    pub idle_timeout: Duration,
+    pub health_check: HealthCheckConfig,
+    /// Consecutive failed connects that take an upstream out of rotation (0: never), until an
+    /// active check succeeds or `failure_cooldown` has passed.
+    pub max_connect_failures: u32,
+    pub failure_cooldown: Duration,
+    /// TLS to the upstreams; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Active health checks of a route's upstreams.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub probe: Probe,
+    /// Zero: no active checks.
+    pub interval: Duration,
+    /// Consecutive successes that bring a down upstream back.
+    pub healthy_threshold: usize,
+    /// Consecutive failures that take an upstream down.
+    pub unhealthy_threshold: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path`; 2xx and 3xx are healthy.
+    Http { path: String },
+}
+
+/// `tls = true` on a route.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified in the certificate; `None`: each upstream's host.
+    pub sni: Option<String>,
+    /// Off only when the file says `tls_verify = false`.
+    pub verify: bool,
+    /// DER certificates trusted instead of the system's roots (`tls_ca_file`), each already
+    /// checked to parse.
+    pub ca: Option<Vec<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("sni", &self.sni)
+            .field("verify", &self.verify)
+            .field("ca_certificates", &self.ca.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl Config {
@@ -342,7 +401,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
         .routes
         .into_iter()
         .enumerate()
-        .map(|(index, route)| validate_route(index, route))
+        .map(|(index, route)| validate_route(index, route, &server.strip_headers))
         .collect::<Result<Vec<_>, _>>()?;
     for (index, route) in routes.iter().enumerate() {
         let duplicate = routes[..index]
@@ -702,7 +761,11 @@ fn validate_password(password: PasswordSection) -> Result<PasswordConfig, Invali
     })
 }
 
-fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Invalid> {
+fn validate_route(
+    index: usize,
+    route: RouteSection,
+    strip_headers: &[HeaderName],
+) -> Result<RouteConfig, Invalid> {
     let key = |name: &str| format!("route[{index}].{name}");
     // Prefixes are written in the canonical form request paths are matched in.
     let prefix = crate::path::normalize(route.prefix.as_bytes())
@@ -719,6 +782,7 @@ fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Inva
             "/auth is answered by the gateway itself and cannot be routed",
         ));
     }
+    let tls = validate_upstream_tls(&route, &key)?;
     let host = match route.host {
         Some(host) if host.trim().is_empty() => {
             return Err(invalid(key("host"), "must not be empty"))
@@ -752,23 +816,211 @@ fn validate_route(index: usize, route: RouteSection) -> Result<RouteConfig, Inva
                 .map_err(|message| invalid(format!("{}[{i}]", key("upstreams")), message))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if route.connect_timeout.is_zero() || route.read_timeout.is_zero() {
-        return Err(invalid(
-            key("connect_timeout"),
-            "timeouts must be above zero",
-        ));
+    for (name, value) in [
+        ("connect_timeout", route.connect_timeout),
+        ("read_timeout", route.read_timeout),
+        ("write_timeout", route.write_timeout),
+        ("idle_timeout", route.idle_timeout),
+    ] {
+        within(
+            &key(name),
+            value,
+            Duration::from_millis(1),
+            Duration::from_secs(86_400),
+        )?;
     }
+    within(
+        &key("health_check_interval"),
+        route.health_check_interval,
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+    )?;
+    within(
+        &key("failure_cooldown"),
+        route.failure_cooldown,
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+    )?;
+    for (name, value) in [
+        ("healthy_threshold", route.healthy_threshold),
+        ("unhealthy_threshold", route.unhealthy_threshold),
+    ] {
+        if !(1..=100).contains(&value) {
+            return Err(invalid(key(name), "must be between 1 and 100"));
+        }
+    }
+    let probe = match route.health_check {
+        file::HealthCheckKind::Tcp => Probe::Tcp,
+        file::HealthCheckKind::Http => {
+            let path = route.health_check_path.trim();
+            let path_ok = path.starts_with('/')
+                && path.parse::<http::uri::PathAndQuery>().is_ok()
+                && !path.contains('#');
+            if !path_ok {
+                return Err(invalid(
+                    key("health_check_path"),
+                    format!("\"{path}\" must be a path such as \"/healthz\""),
+                ));
+            }
+            Probe::Http {
+                path: path.to_string(),
+            }
+        }
+    };
+    let add_request_headers = route
+        .add_request_headers
+        .iter()
+        .map(|(name, value)| check_added_header(name, value, strip_headers))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|message| invalid(key("add_request_headers"), message))?;
+    let rate_limit = match route.rate_limit {
+        None => None,
+        Some(limit) if limit.requests_per_second == 0 || limit.burst == 0 => {
+            return Err(invalid(
+                key("rate_limit"),
+                "requests_per_second and burst must be at least 1 (leave rate_limit out for none)",
+            ))
+        }
+        Some(limit) => Some(RateLimitSection {
+            requests_per_second: limit.requests_per_second,
+            burst: limit.burst,
+        }),
+    };
     Ok(RouteConfig {
         prefix,
         host,
         upstreams,
         auth: route.auth,
-        connect_timeout: route.connect_timeout,
-        read_timeout: route.read_timeout,
-        health_check_interval: route.health_check_interval,
         case_insensitive: route.case_insensitive,
         allow_encoded_slash: route.allow_encoded_slash,
+        strip_prefix: route.strip_prefix,
+        add_request_headers,
+        rate_limit,
+        balance: route.balance,
+        connect_timeout: route.connect_timeout,
+        read_timeout: route.read_timeout,
+        write_timeout: route.write_timeout,
+        idle_timeout: route.idle_timeout,
+        health_check: HealthCheckConfig {
+            probe,
+            interval: route.health_check_interval,
+            healthy_threshold: route.healthy_threshold,
+            unhealthy_threshold: route.unhealthy_threshold,
+        },
+        max_connect_failures: route.max_connect_failures,
+        failure_cooldown: route.failure_cooldown,
+        tls,
     })
+}
+
+/// Headers the gateway manages itself: framing, hop-by-hop and cookie headers. A route may not
+/// add them (nor any identity or forwarding header, see `identity.rs`).
+const UNADDABLE_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "cookie",
+];
+
+/// One `add_request_headers` entry: a legal name and value, and never a header that carries
+/// identity (an upstream must only ever see the identity the gateway established).
+fn check_added_header(
+    name: &str,
+    value: &str,
+    strip_headers: &[HeaderName],
+) -> Result<(HeaderName, http::HeaderValue), String> {
+    let header = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("\"{name}\" is not a valid header name"))?;
+    let value = http::HeaderValue::from_str(value)
+        .map_err(|_| format!("the value of \"{name}\" holds characters a header cannot carry"))?;
+    if crate::identity::IdentityHeaders::new(strip_headers.to_vec()).is_reserved(&header) {
+        return Err(format!(
+            "\"{name}\" is an identity or forwarding header, which only the gateway sets"
+        ));
+    }
+    if UNADDABLE_HEADERS.contains(&header.as_str()) {
+        return Err(format!(
+            "\"{name}\" describes the connection or the gateway's cookies and cannot be added"
+        ));
+    }
+    Ok((header, value))
+}
+
+/// `tls`, `sni`, `tls_verify` and `tls_ca_file` of one route. The CA file is read and its
+/// certificates parsed now, so a bad file is a load error rather than a failing upstream.
+fn validate_upstream_tls(
+    route: &RouteSection,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<UpstreamTls>, Invalid> {
+    if !route.tls {
+        for (name, set) in [
+            ("sni", route.sni.is_some()),
+            ("tls_ca_file", route.tls_ca_file.is_some()),
+            ("tls_verify", !route.tls_verify),
+        ] {
+            if set {
+                return Err(invalid(key(name), "needs tls = true on this route"));
+            }
+        }
+        return Ok(None);
+    }
+    let sni = match route.sni.as_deref().map(str::trim) {
+        None => None,
+        Some(sni) => Some(
+            crate::target::parse_host(sni.as_bytes())
+                .ok()
+                .filter(|host| host.port.is_none() && !sni.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        key("sni"),
+                        format!("\"{sni}\" must be a host name without a port"),
+                    )
+                })?
+                .name,
+        ),
+    };
+    let ca = match route.tls_ca_file.as_deref().map(str::trim) {
+        None => None,
+        Some(_) if !route.tls_verify => {
+            return Err(invalid(
+                key("tls_ca_file"),
+                "has no effect with tls_verify = false; remove one of them",
+            ))
+        }
+        Some(path) => {
+            Some(read_ca_file(path).map_err(|message| invalid(key("tls_ca_file"), message))?)
+        }
+    };
+    Ok(Some(UpstreamTls {
+        sni,
+        verify: route.tls_verify,
+        ca,
+    }))
+}
+
+/// The certificates of a PEM file, as DER, each checked to parse as X.509.
+fn read_ca_file(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut certificates = Vec::new();
+    for item in rustls_pemfile::certs(&mut text.as_slice()) {
+        let der = item.map_err(|e| format!("{path}: not a PEM certificate file ({e})"))?;
+        if x509_parser::parse_x509_certificate(der.as_ref()).is_err() {
+            return Err(format!("{path}: a certificate in it cannot be parsed"));
+        }
+        certificates.push(der.as_ref().to_vec());
+    }
+    if certificates.is_empty() {
+        return Err(format!(
+            "{path}: no PEM certificate (BEGIN CERTIFICATE) in it"
+        ));
+    }
+    Ok(certificates)
 }
 
 /// Checks an upstream written as `host:port` (an IP literal or a host name) without resolving
@@ -1027,6 +1279,91 @@ mod tests {
             error.contains("login_protection.max_registrations_per_ip"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn route_pool_keys_have_documented_defaults() {
+        let route = &Config::parse(MINIMAL).expect("valid").routes[0];
+        assert_eq!(route.balance, Balance::RoundRobin);
+        assert_eq!(route.health_check.probe, Probe::Tcp);
+        assert_eq!(route.health_check.interval, Duration::from_secs(5));
+        assert_eq!(route.health_check.healthy_threshold, 2);
+        assert_eq!(route.health_check.unhealthy_threshold, 2);
+        assert_eq!(route.max_connect_failures, 3);
+        assert_eq!(route.failure_cooldown, Duration::from_secs(10));
+        assert_eq!(route.write_timeout, Duration::from_secs(30));
+        assert_eq!(route.idle_timeout, Duration::from_secs(60));
+        assert!(route.tls.is_none());
+        assert!(!route.strip_prefix);
+        assert!(route.add_request_headers.is_empty());
+        assert!(route.rate_limit.is_none());
+    }
+
+    #[test]
+    fn upstream_tls_verifies_unless_told_otherwise() {
+        let with = |lines: &str| Config::parse(&format!("{MINIMAL}{lines}\n"));
+        let tls = with("tls = true").unwrap().routes[0]
+            .tls
+            .clone()
+            .expect("tls");
+        assert!(tls.verify);
+        assert_eq!(tls.sni, None);
+        let tls = with("tls = true\nsni = \"App.Internal\"\ntls_verify = false")
+            .unwrap()
+            .routes[0]
+            .tls
+            .clone()
+            .expect("tls");
+        assert!(!tls.verify);
+        assert_eq!(tls.sni.as_deref(), Some("app.internal"));
+        let error = with("tls_verify = false").unwrap_err().to_string();
+        assert!(error.starts_with("route[0].tls_verify (line 4)"), "{error}");
+        let dir = std::env::temp_dir().join(format!("authgate-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let error = with(&format!(
+            "tls = true\ntls_ca_file = \"{}\"",
+            not_pem.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("route[0].tls_ca_file") && error.contains("no PEM certificate"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn added_headers_are_checked_and_identity_headers_refused() {
+        let with = |lines: &str| Config::parse(&format!("{MINIMAL}{lines}\n"));
+        let route = &with("add_request_headers = { \"X-Tenant\" = \"acme\" }")
+            .unwrap()
+            .routes[0];
+        assert_eq!(route.add_request_headers[0].0.as_str(), "x-tenant");
+        assert_eq!(route.add_request_headers[0].1, "acme");
+        for bad in [
+            "{ \"X-User-Id\" = \"x\" }",
+            "{ \"x-user-email\" = \"x\" }",
+            "{ \"X-Auth-Request-User\" = \"x\" }",
+            "{ \"Forwarded\" = \"for=1.2.3.4\" }",
+            "{ \"Cookie\" = \"a=b\" }",
+            "{ \"X-Ok\" = \"a\\nb\" }",
+        ] {
+            let error = with(&format!("add_request_headers = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("route[0].add_request_headers (line 4)"),
+                "{bad}: {error}"
+            );
+        }
+        // An operator's own strip_headers are identity headers too.
+        let text = format!(
+            "[server]\nstrip_headers = [\"X-Tenant-Role\"]\n{MINIMAL}add_request_headers = {{ \"X-Tenant-Role\" = \"admin\" }}\n"
+        );
+        assert!(Config::parse(&text).is_err());
     }
 
     #[test]

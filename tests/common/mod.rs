@@ -425,6 +425,22 @@ impl EchoServer {
     /// slow backend). The request is recorded as soon as it has been read.
     pub async fn start_delayed(delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        Self::serve(listener, delay)
+    }
+
+    /// An echo upstream on `addr` (e.g. one a dropped echo upstream had: it "comes back").
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = socket.bind(addr) {
+            assert!(Instant::now() < deadline, "echo cannot bind {addr}: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self::serve(socket.listen(128).expect("echo listen"), Duration::ZERO)
+    }
+
+    fn serve(listener: TcpListener, delay: Duration) -> Self {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen_in_task = seen.clone();
@@ -713,6 +729,8 @@ pub enum Upstream {
     Echo,
     /// Any `host:port` (e.g. a port nobody listens on).
     Addr(String),
+    /// A pool of several `host:port`.
+    Pool(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -1057,14 +1075,19 @@ impl GatewayOptions {
         }
         out.push_str("[log]\nformat = \"json\"\nlevel = \"info\"\n\n");
         for route in &self.routes {
-            let upstream = match &route.upstream {
-                Upstream::Echo => target.echo.to_string(),
-                Upstream::Addr(addr) => addr.clone(),
+            let upstreams = match &route.upstream {
+                Upstream::Echo => toml_string(&target.echo.to_string()),
+                Upstream::Addr(addr) => toml_string(addr),
+                Upstream::Pool(addrs) => addrs
+                    .iter()
+                    .map(|addr| toml_string(addr))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             };
             out.push_str(&format!(
                 "[[route]]\nprefix = {}\nupstreams = [{}]\nauth = {}\n",
                 toml_string(&route.prefix),
-                toml_string(&upstream),
+                upstreams,
                 toml_string(&route.auth),
             ));
             for line in &route.extra {
