@@ -411,6 +411,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What pingora's own log lines ("Fail to proxy: ...") say of the request: no query
+    /// string (it may carry tokens) and no Host, but the request id to find the access line.
+    fn request_summary(&self, session: &Session, ctx: &RequestContext) -> String {
+        format!(
+            "{} {} route={} request_id={}",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.route_label(),
+            ctx.request_id
+        )
+    }
+
     async fn logging(
         &self,
         session: &mut Session,

@@ -275,6 +275,19 @@ impl UpstreamPool {
         }
     }
 
+    /// The first lookup of a pool about to be swapped in by a reload: an error when the pool
+    /// would have no upstream at all.
+    pub async fn first_discovery(&self) -> Result<(), String> {
+        let looked_up = self.balancer.update().await;
+        if self.size() > 0 {
+            return Ok(());
+        }
+        Err(match looked_up {
+            Err(error) => format!("route {}: upstream lookup failed: {error}", self.label),
+            Ok(()) => format!("route {}: its upstreams resolve to no address", self.label),
+        })
+    }
+
     /// One active health-check pass over every upstream.
     pub async fn check_health(&self) {
         self.balancer.backends().run_health_check(true).await;

@@ -55,11 +55,14 @@ pub struct Reloader {
 }
 
 struct Applied {
+    /// The last configuration read whole (its restart-only keys are not all in force).
     config: Config,
     /// The file's bytes when last read, to ignore events that changed nothing.
     text: Vec<u8>,
     /// Restart-only keys with their start-up values.
     at_start: Vec<(&'static str, String)>,
+    /// `session.secure_cookie` in force (restart-only; the pages depend on it).
+    secure_cookie: bool,
 }
 
 /// Why a reload ran, for the log.
@@ -94,12 +97,14 @@ impl Reloader {
     ) -> Reloader {
         let text = std::fs::read(path).unwrap_or_default();
         let at_start = config.restart_only_keys();
+        let secure_cookie = config.session.secure_cookie;
         Reloader {
             path: path.to_path_buf(),
             applied: tokio::sync::Mutex::new(Applied {
                 config,
                 text,
                 at_start,
+                secure_cookie,
             }),
             routes,
             limiter,
@@ -125,12 +130,19 @@ impl Reloader {
         if matches!(trigger, Trigger::FileChanged) && text == applied.text {
             return Ok(());
         }
-        applied.text = text;
-        let new = match Config::load(&self.path) {
+        applied.text = text.clone();
+        // The bytes just compared are the bytes parsed.
+        let parsed = String::from_utf8(text)
+            .map_err(|_| ConfigError::new(format!("{}: not UTF-8 text", self.path.display())))
+            .and_then(|text| Config::from_file_text(&self.path, &text));
+        let new = match parsed {
             Ok(config) => config,
             Err(error) => return Err(self.rejected(trigger, error)),
         };
-        let changed = self.apply(&applied.config, &new).await;
+        let changed = match self.apply(&applied, &new).await {
+            Ok(changed) => changed,
+            Err(error) => return Err(self.rejected(trigger, error)),
+        };
         let pending: Vec<&str> = new
             .restart_only_keys()
             .iter()
@@ -169,15 +181,21 @@ impl Reloader {
         error
     }
 
-    /// Swaps in every reloadable part of `new` that differs from `old`; returns their names.
-    async fn apply(&self, old: &Config, new: &Config) -> Vec<&'static str> {
+    /// Swaps in every reloadable part of `new` that differs from what is applied; returns their
+    /// names. Fails, having changed nothing, when a new route would have no upstream address.
+    async fn apply(
+        &self,
+        applied: &Applied,
+        new: &Config,
+    ) -> Result<Vec<&'static str>, ConfigError> {
+        let old = &applied.config;
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
         let mut changed = Vec::new();
         // Built (and its upstream names looked up) before anything is swapped.
         let table = if differs(&old.routes, &new.routes) {
             let table = Arc::new(RouteTable::build(&new.routes));
-            table.ready().await;
+            table.ready().await.map_err(ConfigError::new)?;
             Some(table)
         } else {
             None
@@ -186,6 +204,8 @@ impl Reloader {
             self.background.spawn(table.clone().run_health_checks());
             let old_table = self.routes.swap(table);
             old_table.retire();
+            self.metrics
+                .routes_in_use(new.routes.iter().map(|route| route.prefix.as_str()));
             changed.push("routes");
         }
         if differs(&old.rate_limit, &new.rate_limit) {
@@ -206,10 +226,9 @@ impl Reloader {
             changed.push("login_protection");
         }
         if differs(&old.branding, &new.branding) {
-            self.auth.pages.store(Arc::new(Pages::new(
-                &new.branding,
-                old.session.secure_cookie,
-            )));
+            self.auth
+                .pages
+                .store(Arc::new(Pages::new(&new.branding, applied.secure_cookie)));
             changed.push("branding");
         }
         if old.log.level != new.log.level {
@@ -220,7 +239,7 @@ impl Reloader {
                 }
             }
         }
-        changed
+        Ok(changed)
     }
 
     /// Reloads on `SIGHUP` and on changes to the file, until the process exits. The signal

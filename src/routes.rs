@@ -246,13 +246,25 @@ impl RouteTable {
     /// Completes the first discovery (DNS lookup) of every route, so that a freshly built
     /// table can serve at once. Routes whose upstreams are all IP literals are ready after
     /// [`RouteTable::build`] already.
-    pub async fn ready(&self) {
+    ///
+    /// An error names every route left without any upstream address (a failed lookup): a
+    /// reload is then rejected rather than swap in a route that can only answer 503.
+    pub async fn ready(&self) -> Result<(), String> {
         let lookups = self
             .routes
             .iter()
             .filter(|route| route.pool.needs_lookup())
-            .map(|route| route.pool.discover());
-        futures::future::join_all(lookups).await;
+            .map(|route| route.pool.first_discovery());
+        let failures: Vec<String> = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
     }
 
     /// Stops this table's background work ([`RouteTable::run_health_checks`] returns
@@ -378,7 +390,7 @@ mod tests {
         named.upstreams = vec!["localhost:1".to_string()];
         let table = RouteTable::build(&[named]);
         assert_eq!(table.routes[0].pool_size(), 0, "not looked up during build");
-        table.ready().await;
+        table.ready().await.expect("localhost resolves");
         assert!(table.routes[0].pool_size() >= 1, "looked up by ready()");
     }
 

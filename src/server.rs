@@ -136,6 +136,9 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
              by it; restart the gateway instead"
         );
     }
+    if options.upgrade {
+        upgrade::check_socket_directory(std::path::Path::new(&config.server.upgrade_sock))?;
+    }
     let start_config = config.clone();
     let background = background_runtime()?;
     let metrics = Arc::new(Metrics::new()?);
@@ -221,6 +224,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     background.spawn(table.clone().run_health_checks());
     let routes = Arc::new(ArcSwap::new(table));
     metrics.watch_upstreams(routes.clone());
+    metrics.routes_in_use(route_configs.iter().map(|route| route.prefix.as_str()));
 
     let limiter = Arc::new(ArcSwap::from_pointee(IpRateLimiter::new(&rate_limit)));
     background.spawn(sweep_rate_limiter(limiter.clone(), metrics.clone()));

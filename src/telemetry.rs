@@ -452,6 +452,24 @@ impl Metrics {
         }
     }
 
+    /// Creates, at zero, the request counters of every configured route (and of `/auth` and
+    /// `none`) and their upstream latency histograms: at start-up, and for routes a reload
+    /// adds.
+    pub fn routes_in_use<'a>(&self, prefixes: impl IntoIterator<Item = &'a str>) {
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        for route in ["/auth", "none"] {
+            for class in classes {
+                self.requests.with_label_values(&[route, class]);
+            }
+        }
+        for route in prefixes {
+            for class in classes {
+                self.requests.with_label_values(&[route, class]);
+            }
+            self.upstream_latency.with_label_values(&[route]);
+        }
+    }
+
     pub fn request(&self, route: &str, status: u16) {
         let class = match status {
             100..=199 => "1xx",
@@ -714,6 +732,11 @@ impl log::Log for LibraryLogs {
             let _ = tracing_log::format_trace(record);
             return;
         }
+        // Pingora's debug and trace lines dump request and response headers (cookies,
+        // X-User-Id): never written, whatever log.level says.
+        if record.level() > log::Level::Info {
+            return;
+        }
         let message = summarise(&record.args().to_string());
         let _ = tracing_log::format_trace(
             &log::Record::builder()
@@ -732,14 +755,23 @@ impl log::Log for LibraryLogs {
 
 /// The first line of `message`, cut to [`MAX_LIBRARY_MESSAGE_CHARS`] characters; what was
 /// dropped is counted, so a reader knows the message was longer.
+///
+/// The request id our `request_summary` puts at the end of pingora's failure lines is kept
+/// even when the rest is cut.
 fn summarise(message: &str) -> String {
     let first_line = message.lines().next().unwrap_or_default();
     let kept: String = first_line.chars().take(MAX_LIBRARY_MESSAGE_CHARS).collect();
     let dropped = message.len() - kept.len();
     if dropped == 0 {
-        kept
-    } else {
-        format!("{kept}... ({dropped} more bytes)")
+        return kept;
+    }
+    let request_id = message
+        .rsplit_once("request_id=")
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default())
+        .filter(|id| !id.is_empty() && !kept.contains(&format!("request_id={id}")));
+    match request_id {
+        Some(id) => format!("{kept}... ({dropped} more bytes) request_id={id}"),
+        None => format!("{kept}... ({dropped} more bytes)"),
     }
 }
 

@@ -29,14 +29,14 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
     ) {
         return;
     }
-    let socket = std::env::temp_dir().join(format!("authgate-upg-{}.sock", random_hex(6)));
+    // Relative to the gateway's working directory, its private temp dir.
     let gateway = Arc::new(
         Gateway::start_with(
-            GatewayOptions::new()
-                .server_setting(&format!("upgrade_sock = \"{}\"", socket.display())),
+            GatewayOptions::new().server_setting("upgrade_sock = \"upgrade.sock\""),
         )
         .await,
     );
+    let socket = gateway.dir().join("upgrade.sock");
     let user = gateway.signed_in_user().await;
 
     let load = Load::start(&gateway, &user.token).await;
@@ -190,14 +190,13 @@ async fn sigusr2_upgrades_in_place_under_load() {
     ) {
         return;
     }
-    let socket = std::env::temp_dir().join(format!("authgate-upg-{}.sock", random_hex(6)));
     let gateway = Arc::new(
         Gateway::start_with(
-            GatewayOptions::new()
-                .server_setting(&format!("upgrade_sock = \"{}\"", socket.display())),
+            GatewayOptions::new().server_setting("upgrade_sock = \"upgrade.sock\""),
         )
         .await,
     );
+    let socket = gateway.dir().join("upgrade.sock");
     let user = gateway.signed_in_user().await;
     let load = Load::start(&gateway, &user.token).await;
     let old_pid = gateway.pid();
@@ -238,4 +237,46 @@ async fn sigusr2_upgrades_in_place_under_load() {
         gateway.logs()
     );
     eprintln!("{total} requests through a SIGUSR2 upgrade, none failed");
+}
+
+#[tokio::test]
+async fn an_upgrade_socket_in_a_world_writable_directory_is_refused() {
+    // Whoever creates the socket there first would receive the listening sockets.
+    let socket = std::env::temp_dir().join(format!("authgate-upg-{}.sock", random_hex(6)));
+    let mut gateway = Gateway::start_with(
+        GatewayOptions::new().server_setting(&format!("upgrade_sock = \"{}\"", socket.display())),
+    )
+    .await;
+    gateway.signal("USR2");
+    let logs = eventually(Duration::from_secs(10), "the refusal in the log", || {
+        let logs = gateway.logs();
+        async move { logs.contains("writable by every user").then_some(logs) }
+    })
+    .await;
+    assert!(
+        logs.contains("upgrade failed; this process keeps serving"),
+        "{logs}"
+    );
+    assert!(gateway
+        .wait_for_exit(Duration::from_millis(500))
+        .await
+        .is_none());
+    assert_eq!(gateway.get("/public/x", None).await.status(), 200);
+    assert!(!socket.exists(), "no new process took over");
+
+    // The same for `run --upgrade`: it exits with the reason, before touching anything.
+    let output = gateway_command()
+        .arg("--config")
+        .arg(&gateway.config_path)
+        .arg("run")
+        .arg("--upgrade")
+        .current_dir(gateway.dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run authgate run --upgrade");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    // The embedded pair refuses --upgrade before looking at the socket.
+    let expected = backend().pick("writable by every user", "needs the production pair");
+    assert!(stderr.contains(expected), "{stderr}");
 }

@@ -127,6 +127,27 @@ async fn process_metrics_build_info_and_every_known_series_exist_from_the_start(
     ] {
         assert!(value(family, &[]).is_some(), "no {family}:\n{text}");
     }
+    // Every configured route's request counters and latency histogram, at zero.
+    for route in ["/", "/public/"] {
+        for class in ["2xx", "4xx", "5xx"] {
+            assert_eq!(
+                value(
+                    "authgate_http_requests_total",
+                    &[("route", route), ("status_class", class)]
+                ),
+                Some(0.0),
+                "route {route} {class}:\n{text}"
+            );
+        }
+        assert_eq!(
+            value(
+                "authgate_upstream_latency_seconds_count",
+                &[("route", route)]
+            ),
+            Some(0.0),
+            "route {route} latency:\n{text}"
+        );
+    }
     assert_eq!(
         value(
             "authgate_build_info",

@@ -400,6 +400,14 @@ fn add_request_headers_cannot_set_identity_or_framing_headers() {
             "X-Forwarded-For",
         ),
         ("add_request_headers = { \"Host\" = \"x\" }", "Host"),
+        (
+            "add_request_headers = { \"X-Request-Id\" = \"fixed\" }",
+            "X-Request-Id",
+        ),
+        (
+            "add_request_headers = { \"Expect\" = \"100-continue\" }",
+            "Expect",
+        ),
         ("add_request_headers = { \"bad name\" = \"x\" }", "bad name"),
     ] {
         let output = run_check(&format!(
@@ -412,6 +420,39 @@ fn add_request_headers_cannot_set_identity_or_framing_headers() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn strip_prefix_needs_a_whole_segment_prefix_and_tls_pools_one_name() {
+    // "/api" would also match "/apiadmin" and forward it as "/admin".
+    let output = run_check(
+        "[[route]]\nprefix = \"/api\"\nupstreams = [\"127.0.0.1:3000\"]\nstrip_prefix = true\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "strip_prefix on /api was accepted"
+    );
+    assert!(stderr.contains("route[0].strip_prefix"), "{stderr}");
+
+    // Each address is verified against one name: two names need an explicit sni.
+    let output = run_check(
+        "[[route]]\nprefix = \"/\"\nupstreams = [\"a.internal:443\", \"b.internal:443\"]\ntls = true\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a two-name TLS pool was accepted");
+    assert!(
+        stderr.contains("route[0].sni") && stderr.contains("a.internal, b.internal"),
+        "{stderr}"
+    );
+    let output = run_check(
+        "[[route]]\nprefix = \"/\"\nupstreams = [\"a.internal:443\", \"b.internal:443\"]\ntls = true\nsni = \"app.internal\"\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

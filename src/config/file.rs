@@ -93,7 +93,7 @@ impl Default for ServerSection {
             keepalive_timeout: Duration::from_secs(60),
             max_connections_per_ip: 256,
             max_connections: 10_000,
-            upgrade_sock: "/tmp/authgate-upgrade.sock".to_string(),
+            upgrade_sock: "authgate-upgrade.sock".to_string(),
         }
     }
 }

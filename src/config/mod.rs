@@ -182,7 +182,19 @@ impl std::fmt::Debug for UpstreamTls {
         f.debug_struct("UpstreamTls")
             .field("sni", &self.sni)
             .field("verify", &self.verify)
-            .field("ca_certificates", &self.ca.as_ref().map(Vec::len))
+            // A digest, so that a reload sees a changed bundle (even with as many certificates).
+            .field(
+                "ca_sha256",
+                &self.ca.as_ref().map(|certificates| {
+                    use sha2::Digest as _;
+                    let mut digest = sha2::Sha256::new();
+                    for certificate in certificates {
+                        digest.update((certificate.len() as u64).to_be_bytes());
+                        digest.update(certificate);
+                    }
+                    hex::encode(digest.finalize())
+                }),
+            )
             .finish()
     }
 }
@@ -192,8 +204,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let mut config = Config::parse(&text)
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        Config::from_file_text(path, &text)
+    }
+
+    /// [`Config::load`] of text already read from `path` (named in messages).
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config =
+            Config::parse(text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
         config.apply_env(|name| std::env::var(name).ok());
         // DATABASE_URL replaces a URL the file check already passed: check what is now in force.
         crate::store::DatabaseUrl::parse(&config.storage.database_url).map_err(|message| {
@@ -206,7 +223,8 @@ impl Config {
 
     /// Parses and validates config text (no environment).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError(describe_toml(&e)))?;
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError(describe_toml(&e, text)))?;
         validate(file).map_err(|invalid| {
             let line = locate(text, &invalid.key)
                 .map(|n| format!(" (line {n})"))
@@ -318,9 +336,43 @@ impl Config {
     }
 }
 
-fn describe_toml(error: &toml::de::Error) -> String {
-    // toml's Display already carries "line N, column M" and a caret under the value.
-    error.to_string().trim_end().to_string()
+fn describe_toml(error: &toml::de::Error, text: &str) -> String {
+    // toml's Display quotes the offending source line, which may hold a secret (a database
+    // URL with its password): report the position, the key and the message only.
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return format!("TOML parse error: {message}");
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    match key_at(text, span.start) {
+        Some(key) => format!("TOML parse error at line {line}, column {column} ({key}): {message}"),
+        None => format!("TOML parse error at line {line}, column {column}: {message}"),
+    }
+}
+
+/// The dotted key whose value starts at byte `at` (`session.idle_timeout`, `route.prefix`):
+/// the key left of `=` on that line, under the last table header above it.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text
+        .get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|header| header.trim_matches(['[', ']', ' ']).to_string());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 /// Durations outside `[min, max]` are refused (an absurd value would overflow clocks).
@@ -886,6 +938,16 @@ fn validate_route(
             burst: limit.burst,
         }),
     };
+    if route.strip_prefix && !prefix.ends_with('/') {
+        // "/api" also matches "/apiadmin", which would be forwarded as "/admin".
+        return Err(invalid(
+            key("strip_prefix"),
+            format!(
+                "needs a prefix ending in '/' (e.g. \"{prefix}/\"), so that only whole path \
+                 segments are removed"
+            ),
+        ));
+    }
     Ok(RouteConfig {
         prefix,
         host,
@@ -926,6 +988,9 @@ const UNADDABLE_HEADERS: &[&str] = &[
     "trailer",
     "proxy-connection",
     "cookie",
+    "expect",
+    // The gateway's own correlation id, set on every request.
+    "x-request-id",
 ];
 
 /// One `add_request_headers` entry: a legal name and value, and never a header that carries
@@ -985,6 +1050,28 @@ fn validate_upstream_tls(
                 .name,
         ),
     };
+    if sni.is_none() {
+        // Without `sni`, each address is verified against the name written for it; addresses
+        // are resolved per pool, so one pool cannot tell two names apart.
+        let mut names: Vec<&str> = route
+            .upstreams
+            .iter()
+            .filter_map(|written| written.trim().rsplit_once(':').map(|(host, _)| host))
+            .filter(|host| host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('['))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() > 1 {
+            return Err(invalid(
+                key("sni"),
+                format!(
+                    "with tls = true, upstreams naming several hosts ({}) need one sni for all \
+                     of them, or one route per host",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
     let ca = match route.tls_ca_file.as_deref().map(str::trim) {
         None => None,
         Some(_) if !route.tls_verify => {
