@@ -517,11 +517,7 @@ async fn sigterm_is_not_held_up_by_idle_or_half_open_connections() {
         .unwrap();
     assert_eq!(read_raw_response(&mut idle).await.unwrap().status, 200);
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &gateway.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    gateway.signal("TERM");
     let started = Instant::now();
     let exit = gateway
         .wait_for_exit(Duration::from_secs(8))

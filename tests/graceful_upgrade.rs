@@ -22,21 +22,9 @@ impl Drop for Successor {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_binary_upgrade_under_load_fails_no_request() {
-    if !require_backend(
-        Backend::Production,
-        "an upgrade hands live sessions over through Redis; the embedded mode keeps them in \
-         the old process's memory (authgate refuses --upgrade there)",
-    ) {
+    let Some((gateway, socket)) = upgradable_gateway().await else {
         return;
-    }
-    // Relative to the gateway's working directory, its private temp dir.
-    let gateway = Arc::new(
-        Gateway::start_with(
-            GatewayOptions::new().server_setting("upgrade_sock = \"upgrade.sock\""),
-        )
-        .await,
-    );
-    let socket = gateway.dir().join("upgrade.sock");
+    };
     let user = gateway.signed_in_user().await;
 
     let load = Load::start(&gateway, &user.token).await;
@@ -69,15 +57,7 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
     .await;
     gateway.signal("QUIT");
     // The old process exits once drained (CLOSE_TIMEOUT of 5 s, then the grace period).
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while process_alive(gateway.pid()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old process did not exit after SIGQUIT:\n{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_gone(&gateway, gateway.pid(), "SIGQUIT").await;
     let (total, failures, sent_at_handover) = load.finish_after_more(50).await;
     let successor_log =
         std::fs::read_to_string(gateway.dir().join("successor.log")).unwrap_or_default();
@@ -99,6 +79,37 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
     );
     drop(successor);
     let _ = std::fs::remove_file(&socket);
+}
+
+/// A production-pair gateway whose upgrade socket is in its private working directory, and
+/// that socket's path; `None` (with the reason printed) on the embedded pair.
+async fn upgradable_gateway() -> Option<(Arc<Gateway>, std::path::PathBuf)> {
+    if !require_backend(
+        Backend::Production,
+        "an upgrade hands live sessions over through Redis; the embedded mode keeps them in \
+         the old process's memory (authgate refuses --upgrade there)",
+    ) {
+        return None;
+    }
+    let gateway = Gateway::start_with(
+        GatewayOptions::new().server_setting("upgrade_sock = \"upgrade.sock\""),
+    )
+    .await;
+    let socket = gateway.dir().join("upgrade.sock");
+    Some((Arc::new(gateway), socket))
+}
+
+/// Waits (up to 40 s) for the old process `pid` to exit after `signal`.
+async fn wait_until_gone(gateway: &Gateway, pid: u32, signal: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while process_alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old process did not hand over and exit after {signal}:\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -183,33 +194,14 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigusr2_upgrades_in_place_under_load() {
-    if !require_backend(
-        Backend::Production,
-        "an upgrade hands live sessions over through Redis; the embedded mode keeps them in \
-         the old process's memory",
-    ) {
+    let Some((gateway, socket)) = upgradable_gateway().await else {
         return;
-    }
-    let gateway = Arc::new(
-        Gateway::start_with(
-            GatewayOptions::new().server_setting("upgrade_sock = \"upgrade.sock\""),
-        )
-        .await,
-    );
-    let socket = gateway.dir().join("upgrade.sock");
+    };
     let user = gateway.signed_in_user().await;
     let load = Load::start(&gateway, &user.token).await;
     let old_pid = gateway.pid();
     gateway.signal("USR2");
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while process_alive(old_pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old process did not hand over after SIGUSR2:\n{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_gone(&gateway, old_pid, "SIGUSR2").await;
     // The new process writes to the same log; its pid is on its start line.
     let new_pid = json_log_lines(&gateway.logs())
         .iter()

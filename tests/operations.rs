@@ -630,11 +630,7 @@ async fn run_refuses_to_start_with_an_invalid_config() {
 async fn sigterm_stops_the_gateway_within_the_grace_period() {
     let mut gateway = Gateway::start().await;
     assert_eq!(gateway.get("/public/a", None).await.status(), 200);
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &gateway.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    gateway.signal("TERM");
     // shutdown_grace = 1s in the harness; allow generous slack for the final drain.
     let exit = gateway.wait_for_exit(Duration::from_secs(8)).await;
     assert!(
@@ -701,15 +697,6 @@ async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
     .await;
 }
 
-/// Sends SIGTERM to the gateway process.
-fn sigterm(gateway: &Gateway) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &gateway.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {}", gateway.pid());
-}
-
 /// The harness's routes plus a public `/slow/` route to `upstream`, with a long grace period.
 fn with_slow_route(upstream: &EchoServer) -> GatewayOptions {
     let mut options = GatewayOptions::new().routes(vec![
@@ -730,7 +717,7 @@ async fn sigterm_exits_promptly_when_idle_and_lets_in_flight_requests_finish() {
     let mut idle = with_slow_route(&slow).start().await;
     assert_eq!(idle.get("/public/a", None).await.status(), 200);
     let sent = std::time::Instant::now();
-    sigterm(&idle);
+    idle.signal("TERM");
     let exit = idle.wait_for_exit(Duration::from_secs(8)).await;
     let took = sent.elapsed();
     let exit = exit.unwrap_or_else(|| {
@@ -762,7 +749,7 @@ async fn sigterm_exits_promptly_when_idle_and_lets_in_flight_requests_finish() {
     )
     .await;
     let sent = std::time::Instant::now();
-    sigterm(&busy);
+    busy.signal("TERM");
     let response = in_flight
         .await
         .unwrap()

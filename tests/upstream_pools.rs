@@ -708,10 +708,36 @@ impl Drop for WebSocketEcho {
     }
 }
 
+/// A WebSocket upgrade of `/ws/chat` through the gateway, with the session cookie of `token`.
+async fn upgrade(
+    gateway: &Gateway,
+    token: Option<&str>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let socket = tokio::net::TcpStream::connect(gateway.listen)
+        .await
+        .unwrap();
+    let mut request = format!("ws://{}/ws/chat", gateway.listen)
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("cookie", cookie_header(token).parse().unwrap());
+    }
+    tokio_tungstenite::client_async(request, socket).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_pass_for_signed_in_users_only() {
     use futures::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest as _, Message};
+    use tokio_tungstenite::tungstenite::Message;
 
     let upstream = WebSocketEcho::start().await;
     let gateway = GatewayOptions::new()
@@ -723,13 +749,7 @@ async fn websocket_upgrades_pass_for_signed_in_users_only() {
         .await;
 
     // Without a session: 401, and the upstream never sees the upgrade.
-    let socket = tokio::net::TcpStream::connect(gateway.listen)
-        .await
-        .unwrap();
-    let request = format!("ws://{}/ws/chat", gateway.listen)
-        .into_client_request()
-        .unwrap();
-    match tokio_tungstenite::client_async(request, socket).await {
+    match upgrade(&gateway, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401)
         }
@@ -742,16 +762,7 @@ async fn websocket_upgrades_pass_for_signed_in_users_only() {
 
     // Signed in: the upgrade reaches the upstream and messages flow both ways.
     let user = gateway.signed_in_user().await;
-    let socket = tokio::net::TcpStream::connect(gateway.listen)
-        .await
-        .unwrap();
-    let mut request = format!("ws://{}/ws/chat", gateway.listen)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("cookie", cookie_header(&user.token).parse().unwrap());
-    let (mut ws, response) = tokio_tungstenite::client_async(request, socket)
+    let (mut ws, response) = upgrade(&gateway, Some(&user.token))
         .await
         .expect("the upgrade succeeds");
     assert_eq!(response.status(), 101);
@@ -777,7 +788,7 @@ async fn websocket_upgrades_pass_for_signed_in_users_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_websocket_upgrade_carries_messages() {
     use futures::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest as _, Message};
+    use tokio_tungstenite::tungstenite::Message;
 
     const UPGRADES: usize = 50;
     let upstream = WebSocketEcho::start().await;
@@ -791,16 +802,7 @@ async fn every_websocket_upgrade_carries_messages() {
     let user = gateway.signed_in_user().await;
     let mut cut = Vec::new();
     for attempt in 0..UPGRADES {
-        let socket = tokio::net::TcpStream::connect(gateway.listen)
-            .await
-            .unwrap();
-        let mut request = format!("ws://{}/ws/chat", gateway.listen)
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("cookie", cookie_header(&user.token).parse().unwrap());
-        let (mut ws, response) = tokio_tungstenite::client_async(request, socket)
+        let (mut ws, response) = upgrade(&gateway, Some(&user.token))
             .await
             .expect("the upgrade succeeds");
         assert_eq!(response.status(), 101);

@@ -1351,12 +1351,7 @@ impl Gateway {
     /// again with the same config: same ports, same database, same Redis prefix. The log
     /// goes on in the same file.
     pub async fn restart(&mut self) {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
+        self.signal("TERM");
         let exit = self.wait_for_exit(Duration::from_secs(15)).await;
         assert!(
             exit.is_some(),
