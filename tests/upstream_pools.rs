@@ -320,7 +320,7 @@ async fn per_route_read_timeouts_apply_to_their_route_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_reused() {
-    let counting = CountingUpstream::start().await;
+    let counting = counting_upstream().await;
     let gateway = GatewayOptions::new()
         .routes(vec![RouteSpec::public(
             "/",
@@ -332,7 +332,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     for _ in 0..5 {
         assert_eq!(gateway.get("/k", None).await.status(), 200);
     }
-    assert_eq!(counting.connections(), 1, "one pooled upstream connection");
+    assert_eq!(counting.count(), 1, "one pooled upstream connection");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -657,55 +657,21 @@ async fn tls_upstreams_are_verified_by_default_and_trusted_through_tls_ca_file()
 // WebSocket upgrades
 // ---------------------------------------------------------------------------------------------
 
-/// A WebSocket echo upstream that counts the upgrades it accepted.
-struct WebSocketEcho {
-    addr: SocketAddr,
-    upgrades: Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::AbortHandle,
-}
-
-impl WebSocketEcho {
-    async fn start() -> Self {
-        use futures::{SinkExt as _, StreamExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let upgrades = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = upgrades.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let counted = counted.clone();
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
-                        return;
-                    };
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    while let Some(Ok(message)) = ws.next().await {
-                        if (message.is_text() || message.is_binary())
-                            && ws.send(message).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
+/// A WebSocket echo upstream; `count()` is the upgrades it accepted.
+async fn websocket_echo() -> CountingServer {
+    use futures::{SinkExt as _, StreamExt as _};
+    CountingServer::start(|socket, counted| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
+            return;
+        };
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                return;
             }
-        })
-        .abort_handle();
-        WebSocketEcho {
-            addr,
-            upgrades,
-            task,
         }
-    }
-
-    fn upgrades(&self) -> usize {
-        self.upgrades.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for WebSocketEcho {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    })
+    .await
 }
 
 /// A WebSocket upgrade of `/ws/chat` through the gateway, with the session cookie of `token`.
@@ -739,7 +705,7 @@ async fn websocket_upgrades_pass_for_signed_in_users_only() {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
 
-    let upstream = WebSocketEcho::start().await;
+    let upstream = websocket_echo().await;
     let gateway = GatewayOptions::new()
         .routes(vec![RouteSpec::required(
             "/",
@@ -758,7 +724,7 @@ async fn websocket_upgrades_pass_for_signed_in_users_only() {
             other.map(|_| ())
         ),
     }
-    assert_eq!(upstream.upgrades(), 0);
+    assert_eq!(upstream.count(), 0);
 
     // Signed in: the upgrade reaches the upstream and messages flow both ways.
     let user = gateway.signed_in_user().await;
@@ -778,7 +744,7 @@ async fn websocket_upgrades_pass_for_signed_in_users_only() {
         answer.into_text().unwrap().as_str(),
         "hello through the gateway"
     );
-    assert!(upstream.upgrades() >= 1);
+    assert!(upstream.count() >= 1);
 }
 
 /// Every one of many fresh upgrades must carry a message. Published pingora-proxy 0.9.1 ends
@@ -791,7 +757,7 @@ async fn every_websocket_upgrade_carries_messages() {
     use tokio_tungstenite::tungstenite::Message;
 
     const UPGRADES: usize = 50;
-    let upstream = WebSocketEcho::start().await;
+    let upstream = websocket_echo().await;
     let gateway = GatewayOptions::new()
         .routes(vec![RouteSpec::required(
             "/",
@@ -824,64 +790,75 @@ async fn every_websocket_upgrade_carries_messages() {
         "{} of {UPGRADES} upgraded tunnels were cut before a message got through: {cut:#?}",
         cut.len()
     );
-    assert_eq!(upstream.upgrades(), UPGRADES);
+    assert_eq!(upstream.count(), UPGRADES);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// An HTTP/1.1 upstream with keep-alive that counts the TCP connections it accepted.
-struct CountingUpstream {
+/// A test upstream on a free port: `serve` handles each accepted connection and counts in
+/// the counter what the test wants counted. Stops when dropped.
+struct CountingServer {
     addr: SocketAddr,
-    connections: Arc<std::sync::atomic::AtomicUsize>,
+    count: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::AbortHandle,
 }
 
-impl CountingUpstream {
-    async fn start() -> Self {
+impl CountingServer {
+    async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: Fn(tokio::net::TcpStream, Arc<std::sync::atomic::AtomicUsize>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = connections.clone();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        buf.drain(..end);
-                        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if socket.write_all(response).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve(socket, counted.clone()));
             }
         })
         .abort_handle();
-        CountingUpstream {
-            addr,
-            connections,
-            task,
-        }
+        CountingServer { addr, count, task }
     }
 
-    fn connections(&self) -> usize {
-        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-impl Drop for CountingUpstream {
+impl Drop for CountingServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An HTTP/1.1 upstream with keep-alive answering `200 ok`; `count()` is the TCP connections
+/// it accepted.
+async fn counting_upstream() -> CountingServer {
+    CountingServer::start(|mut socket, counted| async move {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            buf.drain(..end);
+            let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if socket.write_all(response).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
 }
