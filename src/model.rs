@@ -30,6 +30,45 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
+/// The Redis Cluster hash tag every key of one user carries (4 hex digits of the SHA-256 of the
+/// user id), so a user's sessions, session index and credential epoch share one hash slot and
+/// one Lua script can change them together. A session token starts with its user's tag, so a
+/// request finds its session's slot from the cookie alone. Not a secret, and not the user id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SlotTag([u8; SlotTag::LEN]);
+
+impl SlotTag {
+    pub const LEN: usize = 4;
+
+    pub fn of_user(user_id: uuid::Uuid) -> SlotTag {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digest = Sha256::digest(user_id.as_bytes());
+        let nibble = |i: usize| HEX[usize::from((digest[i / 2] >> (4 * (1 - i % 2))) & 0xf)];
+        SlotTag([nibble(0), nibble(1), nibble(2), nibble(3)])
+    }
+
+    /// Four lower-case hex digits, or `None`.
+    pub fn parse(text: &str) -> Option<SlotTag> {
+        let bytes: [u8; SlotTag::LEN] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            .then_some(SlotTag(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from hex digits.
+        std::str::from_utf8(&self.0).unwrap_or("0000")
+    }
+}
+
+/// Where a session lives in a store: its user's slot tag and its token's hash.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct SessionKey {
+    pub tag: SlotTag,
+    pub hash: TokenHash,
+}
+
 /// A failed store call, as the API must report it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

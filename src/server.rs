@@ -39,7 +39,8 @@ use crate::session::activity::ActivityTracker;
 use crate::session::epoch_ttl;
 use crate::session::jobs::{self, ExpiryJob};
 use crate::session::memory::MemorySessionStore;
-use crate::session::redis::{RedisConnection, RedisSessionStore};
+use crate::session::redis::RedisSessionStore;
+use crate::session::redis_connection::RedisConnection;
 use crate::session::SessionStore;
 use crate::session::Sessions;
 use crate::store::behind::WriteBehind;
@@ -129,7 +130,7 @@ pub struct RunOptions {
 /// Runs the gateway until a signal stops it. Never returns on success (pingora exits).
 pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let log_level = telemetry::init_logging(&config.log);
-    if options.upgrade && config.storage.redis_url.trim().is_empty() {
+    if options.upgrade && config.storage.redis().is_none() {
         anyhow::bail!(
             "--upgrade needs the production pair (storage.redis_url set): in the embedded mode \
              live sessions are in the running process's memory and its SQLite file is locked \
@@ -340,7 +341,7 @@ fn open_sessions(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn LoginGuard>)> {
     let epochs = epoch_ttl(config.session.absolute_timeout);
-    if config.storage.redis_url.trim().is_empty() {
+    let Some(deployment) = config.storage.redis() else {
         let sessions = Arc::new(MemorySessionStore::new(config.storage.max_sessions, epochs));
         let guard = Arc::new(MemoryLoginGuard::new(
             config.login_protection.clone(),
@@ -348,15 +349,15 @@ fn open_sessions(
         ));
         background.spawn(sweep_memory_stores(sessions.clone(), guard.clone()));
         return Ok((sessions, guard));
-    }
+    };
     let redis = Arc::new(
         RedisConnection::new(
-            &config.storage.redis_url,
+            &deployment,
             config.storage.redis_timeout,
             background.handle().clone(),
             metrics.clone(),
         )
-        .context("storage.redis_url")?,
+        .context("storage.redis_url / redis_cluster_urls / redis_sentinel_urls")?,
     );
     let sessions = Arc::new(RedisSessionStore::new(
         redis.clone(),

@@ -520,7 +520,12 @@ async fn the_credential_epoch_expires_and_advances_with_each_revoke_all() {
         .start()
         .await;
     let user = gateway.signed_in_user().await;
-    let key = format!("{}user:{}:epoch", gateway.redis_prefix, user.id);
+    let key = format!(
+        "{}{{{}}}user:{}:epoch",
+        gateway.redis_prefix,
+        authgate::session::SlotTag::of_user(user.id.parse().unwrap()).as_str(),
+        user.id
+    );
     let mut redis = redis::Client::open(base_redis_url())
         .unwrap()
         .get_multiplexed_async_connection()

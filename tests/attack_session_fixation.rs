@@ -100,9 +100,10 @@ async fn a_made_up_token_is_never_adopted() {
     gateway.register(&email, &password).await;
 
     let invented = [
-        "a".repeat(64),                                     // the shape of a real token
-        "0123456789abcdef".repeat(4),                       // likewise
-        "00000000-0000-4000-8000-000000000000".to_string(), // a UUID
+        "a".repeat(68),                                        // the shape of a real token
+        format!("{}{}", "0123", "0123456789abcdef".repeat(4)), // likewise
+        "a".repeat(64),                                        // a token from before slot tags
+        "00000000-0000-4000-8000-000000000000".to_string(),    // a UUID
         "attacker-chosen".to_string(),
     ];
     for planted in &invented {

@@ -274,7 +274,7 @@ async fn the_logs_never_hold_a_token_or_a_password() {
             None,
         )
         .await;
-    let dead = "f".repeat(64);
+    let dead = "f".repeat(68);
     gateway.get("/app", Some(&dead)).await;
     gateway
         .get_with(

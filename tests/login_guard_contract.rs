@@ -1,17 +1,22 @@
 //! The login-protection contract: one set of cases, run against every [`LoginGuard`] — Redis
 //! (a real server, a random key prefix per test; shared by every gateway instance) and the
 //! in-process guard of the embedded mode — so lockout accounting, per-address budgets and the
-//! "checks in flight count" rule are one policy on both.
+//! "checks in flight count" rule are one policy on both. The Redis cases also run on a private
+//! Redis Cluster (3 masters + 3 replicas): an account's keys share a slot, an IP's counter has
+//! its own.
+
+mod common;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::config::LoginProtectionSection;
+use authgate::config::{LoginProtectionSection, RedisDeployment};
 use authgate::limits::login::memory::MemoryLoginGuard;
 use authgate::limits::login::{LoginGuard, Outcome, RedisLoginGuard, Refusal};
-use authgate::session::redis::RedisConnection;
+use authgate::session::redis_connection::RedisConnection;
 use authgate::telemetry::Metrics;
+use common::topology::RedisCluster;
 use uuid::Uuid;
 
 fn protection(
@@ -35,8 +40,12 @@ fn redis_guard(config: LoginProtectionSection) -> Arc<dyn LoginGuard> {
     if client.get_connection().is_err() {
         panic!("Redis is not reachable at {url} (set AUTHGATE_TEST_REDIS_URL)");
     }
+    guard_on(&RedisDeployment::Standalone(url), config)
+}
+
+fn guard_on(deployment: &RedisDeployment, config: LoginProtectionSection) -> Arc<dyn LoginGuard> {
     let connection = RedisConnection::new(
-        &url,
+        deployment,
         Duration::from_secs(2),
         tokio::runtime::Handle::current(),
         Arc::new(Metrics::new().unwrap()),
@@ -67,18 +76,25 @@ macro_rules! contract {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_redis() {
-                $case(redis_guard).await;
+                $case(Arc::new(redis_guard)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_redis_cluster() {
+                let cluster = RedisCluster::start().await;
+                let deployment = RedisDeployment::Cluster(cluster.urls());
+                $case(Arc::new(move |config| guard_on(&deployment, config))).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn in_memory() {
-                $case(memory_guard).await;
+                $case(Arc::new(memory_guard)).await;
             }
         }
     };
 }
 
-type Make = fn(LoginProtectionSection) -> Arc<dyn LoginGuard>;
+type Make = Arc<dyn Fn(LoginProtectionSection) -> Arc<dyn LoginGuard> + Send + Sync>;
 
 async fn attempt(
     guard: &Arc<dyn LoginGuard>,

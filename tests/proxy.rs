@@ -88,8 +88,8 @@ async fn browser_navigation_without_a_cookie_is_redirected_to_login_with_the_ori
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_cookie_is_401_and_cleared() {
     let gateway = Gateway::start().await;
-    // Garbage, and a value shaped like a real token (64 hex) that no session has.
-    for forged in [uuid::Uuid::new_v4().to_string(), random_hex(32)] {
+    // Garbage, and a value shaped like a real token (68 hex) that no session has.
+    for forged in [uuid::Uuid::new_v4().to_string(), random_hex(34)] {
         let response = gateway
             .get_with(
                 "/dashboard",

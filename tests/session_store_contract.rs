@@ -2,17 +2,25 @@
 //! implementation — Redis (a real server, a random key prefix per test) and the in-process
 //! store of the embedded mode — so both keep one policy: sliding idle expiry capped by the
 //! absolute lifetime, the per-user cap (evict the least recently active, or refuse) enforced
-//! atomically under concurrency, listing and revocation through the per-user index.
+//! atomically under concurrency, listing and revocation through the per-user index. The Redis
+//! cases run on the shared standalone server and on a private Redis Cluster (3 masters + 3
+//! replicas), where every script must keep to one slot.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::config::OnLimit;
+use authgate::config::{OnLimit, RedisDeployment};
 use authgate::session::memory::MemorySessionStore;
-use authgate::session::redis::{RedisConnection, RedisSessionStore};
-use authgate::session::{Created, SessionCap, SessionData, SessionStore, SessionToken, TokenHash};
+use authgate::session::redis::RedisSessionStore;
+use authgate::session::redis_connection::RedisConnection;
+use authgate::session::{
+    Created, SessionCap, SessionData, SessionKey, SessionStore, SessionToken, SlotTag,
+};
 use authgate::store::StoreError;
 use authgate::telemetry::Metrics;
+use common::topology::RedisCluster;
 use uuid::Uuid;
 
 const IDLE: Duration = Duration::from_secs(3600);
@@ -27,9 +35,13 @@ fn redis_store() -> Arc<dyn SessionStore> {
     if client.get_connection().is_err() {
         panic!("Redis is not reachable at {url} (set AUTHGATE_TEST_REDIS_URL)");
     }
+    store_on(RedisDeployment::Standalone(url))
+}
+
+fn store_on(deployment: RedisDeployment) -> Arc<dyn SessionStore> {
     let metrics = Arc::new(Metrics::new().unwrap());
     let connection = RedisConnection::new(
-        &url,
+        &deployment,
         Duration::from_secs(2),
         tokio::runtime::Handle::current(),
         metrics,
@@ -51,7 +63,7 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn session(user_id: Uuid, lifetime: Duration) -> (TokenHash, SessionData) {
+fn session(user_id: Uuid, lifetime: Duration) -> (SessionKey, SessionData) {
     let created = now_ms();
     let data = SessionData {
         id: Uuid::new_v4(),
@@ -66,7 +78,10 @@ fn session(user_id: Uuid, lifetime: Duration) -> (TokenHash, SessionData) {
         created_at_ms: created,
         absolute_expiry_ms: created + i64::try_from(lifetime.as_millis()).unwrap(),
     };
-    (SessionToken::generate().hash(), data)
+    (
+        SessionToken::generate(SlotTag::of_user(user_id)).key(),
+        data,
+    )
 }
 
 fn cap(max: u32, on_limit: OnLimit) -> SessionCap {
@@ -78,7 +93,7 @@ fn cap(max: u32, on_limit: OnLimit) -> SessionCap {
 
 async fn create(
     store: &Arc<dyn SessionStore>,
-    token: &TokenHash,
+    token: &SessionKey,
     data: &SessionData,
     max: u32,
 ) -> Created {
@@ -97,6 +112,12 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_redis() {
                 $case(redis_store()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_redis_cluster() {
+                let cluster = RedisCluster::start().await;
+                $case(store_on(RedisDeployment::Cluster(cluster.urls()))).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +141,7 @@ async fn created_sessions_are_found_and_slide(store: Arc<dyn SessionStore>) {
     assert_eq!(live.data.location.as_deref(), Some("Local"));
     assert_eq!(live.last_activity_ms, later);
     assert_eq!(live.idle_remaining, IDLE);
-    let unknown = SessionToken::generate().hash();
+    let unknown = SessionToken::generate(SlotTag::of_user(user)).key();
     assert!(store.touch(&unknown, later, IDLE).await.unwrap().is_none());
 }
 contract!(created_sessions, created_sessions_are_found_and_slide);

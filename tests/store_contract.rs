@@ -391,7 +391,8 @@ fn session(user_id: Uuid, at: DateTime<Utc>) -> SessionRecord {
     SessionRecord {
         id: Uuid::new_v4(),
         user_id,
-        token_hash: SessionToken::generate().hash(),
+        token_hash: SessionToken::generate(authgate::session::SlotTag::of_user(Uuid::new_v4()))
+            .hash(),
         ip: "203.0.113.9".parse().unwrap(),
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".to_string(),
         device_id: None,

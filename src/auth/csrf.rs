@@ -108,9 +108,7 @@ fn origin_of(url: &str) -> Option<String> {
 
 /// A fresh token for the double-submit cookie.
 pub fn new_token() -> String {
-    crate::session::SessionToken::generate()
-        .as_str()
-        .to_string()
+    crate::session::random_secret()
 }
 
 /// A redirect target we are willing to send a browser to after sign-in: a local path only.

@@ -137,7 +137,7 @@ impl FormState {
 impl AuthApi {
     fn csrf_token(&self, request: &AuthRequest) -> CsrfToken {
         match crate::session::cookie::read(&request.headers, self.pages.load().csrf_cookie_name()) {
-            Some(value) if crate::session::SessionToken::parse(&value).is_some() => CsrfToken {
+            Some(value) if crate::session::is_random_secret(&value) => CsrfToken {
                 value,
                 fresh: false,
             },

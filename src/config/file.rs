@@ -105,8 +105,14 @@ pub struct StorageSection {
     pub database_max_connections: u32,
     #[serde(deserialize_with = "duration")]
     pub database_timeout: Duration,
-    /// Empty: the in-process session store (one instance only).
+    /// Standalone Redis. All three Redis choices empty: the in-process session store (one
+    /// instance only). At most one of them may be set.
     pub redis_url: String,
+    /// Redis Cluster seed nodes.
+    pub redis_cluster_urls: Vec<String>,
+    /// Redis Sentinel nodes, with the name of the master they watch.
+    pub redis_sentinel_urls: Vec<String>,
+    pub redis_sentinel_master: String,
     pub redis_key_prefix: String,
     /// Live sessions the in-process store holds at most.
     pub max_sessions: usize,
@@ -121,6 +127,9 @@ impl Default for StorageSection {
             database_max_connections: 10,
             database_timeout: Duration::from_secs(2),
             redis_url: String::new(),
+            redis_cluster_urls: Vec::new(),
+            redis_sentinel_urls: Vec::new(),
+            redis_sentinel_master: String::new(),
             redis_key_prefix: "authgate:".to_string(),
             max_sessions: 100_000,
             redis_timeout: Duration::from_secs(1),

@@ -277,6 +277,9 @@ impl Config {
             database_max_connections,
             database_timeout,
             redis_url,
+            redis_cluster_urls,
+            redis_sentinel_urls,
+            redis_sentinel_master,
             redis_key_prefix,
             max_sessions,
             redis_timeout,
@@ -313,6 +316,8 @@ impl Config {
         keys.extend(keys!("server": upgrade_sock));
         keys.extend(keys!("storage": database_url, database_max_connections, database_timeout));
         keys.extend(keys!("storage": redis_url, redis_key_prefix, max_sessions, redis_timeout));
+        keys.extend(keys!("storage": redis_cluster_urls, redis_sentinel_urls));
+        keys.extend(keys!("storage": redis_sentinel_master));
         keys.extend(keys!("session": cookie_name, secure_cookie, idle_timeout, absolute_timeout));
         keys.extend(keys!("session": max_sessions_per_user, on_limit, inject_user_email));
         keys.extend(keys!("session": inject_session_id, bind_session_to_user_agent));
@@ -330,8 +335,12 @@ impl Config {
         if let Some(url) = var("DATABASE_URL").filter(|v| !v.is_empty()) {
             self.storage.database_url = url;
         }
+        // REDIS_URL picks standalone Redis whatever the file chose (cluster, sentinel).
         if let Some(url) = var("REDIS_URL").filter(|v| !v.is_empty()) {
             self.storage.redis_url = url;
+            self.storage.redis_cluster_urls.clear();
+            self.storage.redis_sentinel_urls.clear();
+            self.storage.redis_sentinel_master.clear();
         }
     }
 }
@@ -613,16 +622,114 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
     })
 }
 
-fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
-    crate::store::DatabaseUrl::parse(&storage.database_url)
-        .map_err(|message| invalid("storage.database_url", message))?;
+/// Which Redis the live sessions and login counters are kept in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisDeployment {
+    /// `storage.redis_url`.
+    Standalone(String),
+    /// `storage.redis_cluster_urls`: seed nodes; the rest of the cluster is discovered.
+    Cluster(Vec<String>),
+    /// `storage.redis_sentinel_urls` + `storage.redis_sentinel_master`: the master is asked of
+    /// the sentinels, and asked again after a failover.
+    Sentinel { urls: Vec<String>, master: String },
+}
+
+impl StorageSection {
+    /// The Redis deployment configured, or `None` for the in-process stores. Validation has
+    /// made sure at most one is set.
+    pub fn redis(&self) -> Option<RedisDeployment> {
+        let standalone = self.redis_url.trim();
+        if !standalone.is_empty() {
+            Some(RedisDeployment::Standalone(standalone.to_string()))
+        } else if !self.redis_cluster_urls.is_empty() {
+            Some(RedisDeployment::Cluster(self.redis_cluster_urls.clone()))
+        } else if !self.redis_sentinel_urls.is_empty() {
+            Some(RedisDeployment::Sentinel {
+                urls: self.redis_sentinel_urls.clone(),
+                master: self.redis_sentinel_master.trim().to_string(),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+fn is_redis_url(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+fn validate_redis(storage: &StorageSection) -> Result<(), Invalid> {
     let redis = storage.redis_url.trim();
-    if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+    if !(redis.is_empty() || is_redis_url(redis)) {
         return Err(invalid(
             "storage.redis_url",
             "must be a redis:// URL, or empty for the in-process session store",
         ));
     }
+    for (key, urls) in [
+        ("storage.redis_cluster_urls", &storage.redis_cluster_urls),
+        ("storage.redis_sentinel_urls", &storage.redis_sentinel_urls),
+    ] {
+        if let Some(bad) = urls.iter().position(|url| !is_redis_url(url.trim())) {
+            return Err(invalid(
+                key,
+                format!("entry {bad} must be a redis:// or rediss:// URL"),
+            ));
+        }
+    }
+    let chosen: Vec<&str> = [
+        (!redis.is_empty(), "redis_url"),
+        (!storage.redis_cluster_urls.is_empty(), "redis_cluster_urls"),
+        (
+            !storage.redis_sentinel_urls.is_empty(),
+            "redis_sentinel_urls",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    if chosen.len() > 1 {
+        return Err(invalid(
+            &format!("storage.{}", chosen[1]),
+            format!(
+                "set only one of storage.redis_url, storage.redis_cluster_urls and \
+                 storage.redis_sentinel_urls (found {})",
+                chosen.join(" and ")
+            ),
+        ));
+    }
+    let master = storage.redis_sentinel_master.trim();
+    if !storage.redis_sentinel_urls.is_empty() && master.is_empty() {
+        return Err(invalid(
+            "storage.redis_sentinel_master",
+            "name the master the sentinels watch (their `sentinel monitor` name)",
+        ));
+    }
+    if storage.redis_sentinel_urls.is_empty() && !master.is_empty() {
+        return Err(invalid(
+            "storage.redis_sentinel_master",
+            "needs storage.redis_sentinel_urls",
+        ));
+    }
+    // The keys' hash tags (`{...}`) keep each user's keys in one Redis Cluster slot: a brace
+    // in the prefix would become the tag instead.
+    let prefix_ok = storage
+        .redis_key_prefix
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '{' && c != '}');
+    if !prefix_ok {
+        return Err(invalid(
+            "storage.redis_key_prefix",
+            "may hold only visible ASCII characters other than '{' and '}'",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
+    crate::store::DatabaseUrl::parse(&storage.database_url)
+        .map_err(|message| invalid("storage.database_url", message))?;
+    validate_redis(storage)?;
     if storage.max_sessions == 0 {
         return Err(invalid("storage.max_sessions", "must be at least 1"));
     }
@@ -630,16 +737,6 @@ fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
         return Err(invalid(
             "storage.database_max_connections",
             "must be at least 1",
-        ));
-    }
-    let prefix_ok = storage
-        .redis_key_prefix
-        .chars()
-        .all(|c| c.is_ascii_graphic());
-    if !prefix_ok {
-        return Err(invalid(
-            "storage.redis_key_prefix",
-            "may hold only visible ASCII characters",
         ));
     }
     Ok(())

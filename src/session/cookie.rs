@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn set_cookie_has_the_required_attributes() {
-        let token = SessionToken::generate();
+        let token = SessionToken::generate(crate::session::SlotTag::of_user(uuid::Uuid::new_v4()));
         let value = set(&config(false), &token, Duration::from_secs(90));
         assert!(value.starts_with(&format!("authgate_session={}", token.as_str())));
         for attribute in ["Max-Age=90", "Path=/", "HttpOnly", "SameSite=Lax"] {

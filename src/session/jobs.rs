@@ -20,7 +20,7 @@ use chrono::Utc;
 use super::activity::ActivityTracker;
 use super::Sessions;
 use crate::model::StoreError;
-use crate::session::EndReason;
+use crate::session::{EndReason, SessionKey, SlotTag};
 use crate::store::RecordStore;
 use crate::telemetry::Metrics;
 
@@ -85,11 +85,14 @@ impl ExpiryJob {
                 break;
             };
             after = Some(last.id);
-            let hashes: Vec<_> = batch
+            let keys: Vec<_> = batch
                 .iter()
-                .map(|record| record.token_hash.clone())
+                .map(|record| SessionKey {
+                    tag: SlotTag::of_user(record.user_id),
+                    hash: record.token_hash.clone(),
+                })
                 .collect();
-            let live = self.sessions.live(&hashes).await?;
+            let live = self.sessions.live(&keys).await?;
             let (mut absolute, mut idle) = (Vec::new(), Vec::new());
             for (record, live) in batch.iter().zip(live) {
                 if live {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Created, LiveSession, SessionCap, SessionData, SessionStore, TokenHash};
+use super::{Created, LiveSession, SessionCap, SessionData, SessionKey, SessionStore, TokenHash};
 use crate::config::OnLimit;
 use crate::model::StoreError;
 
@@ -157,12 +157,13 @@ fn remaining(deadline_ms: i64, now_ms: i64) -> Duration {
 impl SessionStore for MemorySessionStore {
     async fn create(
         &self,
-        token: &TokenHash,
+        key: &SessionKey,
         session: &SessionData,
         idle: Duration,
         cap: SessionCap,
         expected_epoch: u64,
     ) -> Result<Created, StoreError> {
+        let token = &key.hash;
         let now_ms = session.created_at_ms;
         let lifetime = session.absolute_expiry_ms - session.created_at_ms;
         let ttl = millis(idle).min(lifetime);
@@ -217,10 +218,11 @@ impl SessionStore for MemorySessionStore {
 
     async fn touch(
         &self,
-        token: &TokenHash,
+        key: &SessionKey,
         now_ms: i64,
         idle: Duration,
     ) -> Result<Option<LiveSession>, StoreError> {
+        let token = &key.hash;
         let mut state = self.state();
         let Some(entry) = state.sessions.get(token) else {
             return Ok(None);
@@ -307,12 +309,12 @@ impl SessionStore for MemorySessionStore {
         Ok(ended)
     }
 
-    async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError> {
+    async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
         let now_ms = now_ms();
         let state = self.state();
-        Ok(tokens
+        Ok(keys
             .iter()
-            .map(|token| state.is_live(token, now_ms))
+            .map(|key| state.is_live(&key.hash, now_ms))
             .collect())
     }
 

@@ -9,6 +9,7 @@ pub mod cookie;
 pub mod jobs;
 pub mod memory;
 pub mod redis;
+pub mod redis_connection;
 mod token;
 
 use std::collections::HashMap;
@@ -20,7 +21,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub use crate::model::TokenHash;
-pub use token::SessionToken;
+pub use crate::model::{SessionKey, SlotTag};
+pub use token::{is_random_secret, random_secret, SessionToken};
 
 use std::sync::Arc;
 
@@ -104,7 +106,7 @@ pub trait SessionStore: Send + Sync {
     /// epoch is still `expected_epoch` (checked atomically with the insert too).
     async fn create(
         &self,
-        token: &TokenHash,
+        key: &SessionKey,
         session: &SessionData,
         idle: Duration,
         cap: SessionCap,
@@ -119,7 +121,7 @@ pub trait SessionStore: Send + Sync {
     /// the session is unknown, idled out, or past its absolute expiry (then it is deleted).
     async fn touch(
         &self,
-        token: &TokenHash,
+        key: &SessionKey,
         now_ms: i64,
         idle: Duration,
     ) -> Result<Option<LiveSession>, StoreError>;
@@ -140,7 +142,7 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Vec<Uuid>, StoreError>;
 
     /// Which of these sessions are still live (same order).
-    async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError>;
+    async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -319,7 +321,7 @@ impl Sessions {
         let now_ms = chrono::Utc::now().timestamp_millis();
         match self
             .store
-            .touch(&token.hash(), now_ms, self.config.idle_timeout)
+            .touch(&token.key(), now_ms, self.config.idle_timeout)
             .await?
         {
             Some(session) => {
@@ -403,7 +405,7 @@ impl Sessions {
         now: chrono::DateTime<chrono::Utc>,
         expected_epoch: u64,
     ) -> Result<Start, StoreError> {
-        let token = SessionToken::generate();
+        let token = SessionToken::generate(SlotTag::of_user(login.user_id));
         let created_at_ms = now.timestamp_millis();
         let absolute_ms =
             i64::try_from(self.config.absolute_timeout.as_millis()).unwrap_or(i64::MAX);
@@ -427,7 +429,7 @@ impl Sessions {
         match self
             .store
             .create(
-                &token.hash(),
+                &token.key(),
                 &data,
                 self.config.idle_timeout,
                 cap,
@@ -540,8 +542,8 @@ impl Sessions {
         self.store.list(user_id).await
     }
 
-    pub async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError> {
-        self.store.live(tokens).await
+    pub async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        self.store.live(keys).await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -1,46 +1,46 @@
-//! [`SessionStore`] on Redis.
+//! [`SessionStore`] on Redis: standalone, Cluster or Sentinel (see [`RedisConnection`]).
 //!
-//! Layout (all keys under the configured prefix):
-//! - `session:<token sha256 hex>`: a hash with the session's data; its TTL is the idle expiry.
-//! - `user:<user id>:sessions`: a hash from public session id to token hash, so listing and
-//!   revoking a user's sessions never scans the keyspace.
-//! - `user:<user id>:epoch`: the user's credential epoch, an integer (missing = 0) bumped by
+//! Layout (all keys under the configured prefix `P`; `T` is the user's [`SlotTag`], a Redis
+//! Cluster hash tag, so every key of one user lives in one hash slot):
+//! - `P{T}session:<token sha256 hex>`: a hash with the session's data; its TTL is the idle
+//!   expiry. The token begins with `T`, so a request finds the key from its cookie alone.
+//! - `P{T}user:<user id>:sessions`: a hash from public session id to token hash, so listing and
+//!   revoking a user's sessions never scans the keyspace. It expires an absolute session
+//!   lifetime after the user's last login.
+//! - `P{T}user:<user id>:epoch`: the user's credential epoch, an integer (missing = 0) bumped by
 //!   every revoke-all; it expires `epoch_ttl` (at least the absolute session lifetime) after
 //!   its last bump.
 //!
-//! Every operation is one Lua script, so each is one round trip and atomic:
+//! Every change is one Lua script, atomic, that touches only the keys it is given in KEYS, all
+//! in the user's slot, as Redis Cluster requires. A script that must visit the user's sessions
+//! (create, list, revoke-all) is given the session keys of a snapshot of the index read just
+//! before (`HGETALL`), and checks inside that the index still says what the snapshot said:
 //! - `touch` reads the session, deletes it if past its absolute expiry, else stamps its last
 //!   activity, resets its TTL to `min(idle timeout, time left before the absolute expiry)` and
-//!   returns the data;
+//!   returns the data (the hot path: one round trip);
 //! - `create` refuses if the user's credential epoch is no longer the one the login read
 //!   before checking the password, prunes dead index entries, enforces the per-user cap
 //!   (evicting the least recently active sessions, or refusing) and inserts, so concurrent
-//!   logins cannot overshoot and no login outlives a revoke-all it raced with;
-//! - `list`, `revoke` and `revoke_all` walk the user's index; `revoke_all` also bumps the
-//!   epoch.
-//!
-//! Every key a script names up front is passed in KEYS (the user's index and epoch, the new
-//! session); the session keys the scripts derive from the index are not, so on Redis Cluster a
-//! user's keys would need one hash slot; this store targets standalone/Sentinel Redis for now.
-//!
-//! The connection is made lazily and re-made by itself after Redis comes back, so the gateway
-//! starts without Redis and recovers without a restart. Every call is bounded by
-//! `storage.redis_timeout`; a failure is [`StoreError::Unavailable`] (fail closed: 503).
+//!   logins cannot overshoot and no login outlives a revoke-all it raced with; sessions made
+//!   since the snapshot count as live and most recent, and if room can only be made by evicting
+//!   one of those, it changes nothing and the store takes a new snapshot and tries again;
+//! - `list` reads the snapshot's sessions;
+//! - `revoke` ends one session after checking the index still maps its id to its token;
+//! - `revoke_all` bumps the epoch and ends the snapshot's sessions, and names the entries the
+//!   snapshot missed (created between the snapshot and the bump), which a second call ends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use super::{Created, LiveSession, SessionCap, SessionData, SessionStore, TokenHash};
+use super::redis_connection::{unavailable, RedisConnection};
+use super::{Created, LiveSession, SessionCap, SessionData, SessionKey, SessionStore, SlotTag};
 use crate::config::OnLimit;
 use crate::model::StoreError;
-use crate::telemetry::{Metrics, Store};
 
 /// Field order shared by every script that returns a session.
 const SESSION_FIELDS: &str =
@@ -64,194 +64,135 @@ table.insert(fields, left)
 return fields
 "#;
 
-/// KEYS[1] user index, KEYS[2] new session key, KEYS[3] the user's credential epoch; ARGV:
-/// session key prefix, cap, policy, ttl ms, index ttl ms, session id, token hash, expected
-/// epoch, then field/value pairs.
-/// Returns {'ok', evicted ids...}, {'rejected'} (cap) or {'changed'} (epoch moved on).
+/// Whether the index (KEYS[1]) still maps session id `id` to the session key `key`, given the
+/// session key prefix. Shared by the scripts that act on a snapshot of the index.
+const INDEX_HOLDS: &str = r#"
+local function index_holds(id, key, prefix)
+  local hash = redis.call('HGET', KEYS[1], id)
+  return hash and (prefix .. hash) == key
+end
+"#;
+
+/// KEYS[1] user index, KEYS[2] new session key, KEYS[3] the user's credential epoch,
+/// KEYS[3+i] the snapshot's session keys; ARGV: 1 session key prefix, 2 cap, 3 policy, 4 ttl
+/// ms, 5 index ttl ms, 6 session id, 7 token hash, 8 expected epoch, 9 snapshot size n,
+/// 10..9+n the snapshot's session ids, then field/value pairs.
+/// Index entries the snapshot lacks (sessions created since) count against the cap as live and
+/// most recent; the least recently active of the snapshot's sessions are evicted. Returns
+/// {'ok', evicted ids...}, {'rejected'} (cap), {'changed'} (epoch moved on) or {'retry'}
+/// (making room needs sessions the snapshot does not have; nothing changed).
 const CREATE_SCRIPT: &str = r#"
 if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[8]) then return {'changed'} end
-local entries = redis.call('HGETALL', KEYS[1])
+local n = tonumber(ARGV[9])
+local entries = redis.call('HLEN', KEYS[1])
 local live = {}
-for i = 1, #entries, 2 do
-  local key = ARGV[1] .. entries[i + 1]
-  local last = redis.call('HGET', key, 'last') or redis.call('HGET', key, 'created')
-  if last then
-    table.insert(live, {entries[i], entries[i + 1], tonumber(last)})
-  else
-    redis.call('HDEL', KEYS[1], entries[i])
+local dead = {}
+for i = 1, n do
+  local id = ARGV[9 + i]
+  local key = KEYS[3 + i]
+  if index_holds(id, key, ARGV[1]) then
+    entries = entries - 1
+    local last = redis.call('HGET', key, 'last') or redis.call('HGET', key, 'created')
+    if last then
+      table.insert(live, {id, key, tonumber(last)})
+    else
+      table.insert(dead, id)
+    end
   end
 end
 local result = {'ok'}
 local cap = tonumber(ARGV[2])
-if #live >= cap then
+local total = #live + entries
+if total >= cap then
   if ARGV[3] == 'reject' then return {'rejected'} end
+  local excess = total - cap + 1
+  if excess > #live then return {'retry'} end
   table.sort(live, function(a, b) return a[3] < b[3] end)
-  for i = 1, #live - cap + 1 do
-    redis.call('DEL', ARGV[1] .. live[i][2])
+  for i = 1, excess do
+    redis.call('DEL', live[i][2])
     redis.call('HDEL', KEYS[1], live[i][1])
     table.insert(result, live[i][1])
   end
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+for _, id in ipairs(dead) do redis.call('HDEL', KEYS[1], id) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 10 + n))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return result
 "#;
 
-/// KEYS[1] user index; ARGV[1] session key prefix. Returns one array per live session:
-/// fields + remaining ms. Dead index entries are pruned on the way.
+/// KEYS[1] user index, KEYS[1+i] the snapshot's session keys; ARGV[1] session key prefix,
+/// ARGV[1+i] the snapshot's session ids. Returns one array per live session: fields +
+/// remaining ms.
 const LIST_SCRIPT: &str = r#"
-local entries = redis.call('HGETALL', KEYS[1])
 local sessions = {}
-for i = 1, #entries, 2 do
-  local key = ARGV[1] .. entries[i + 1]
-  local left = redis.call('PTTL', key)
-  if left > 0 then
-    local fields = redis.call('HMGET', key, FIELDS)
-    table.insert(fields, left)
-    table.insert(sessions, fields)
-  else
-    redis.call('HDEL', KEYS[1], entries[i])
+for i = 2, #KEYS do
+  if index_holds(ARGV[i], KEYS[i], ARGV[1]) then
+    local left = redis.call('PTTL', KEYS[i])
+    if left > 0 then
+      local fields = redis.call('HMGET', KEYS[i], FIELDS)
+      table.insert(fields, left)
+      table.insert(sessions, fields)
+    end
   end
 end
 return sessions
 "#;
 
-/// KEYS[1] user index; ARGV[1] session key prefix, ARGV[2] session id. Returns 1 if a live
-/// session was ended, else 0.
+/// KEYS[1] user index, KEYS[2] the session key; ARGV[1] session key prefix, ARGV[2] session
+/// id. Returns 1 if a live session was ended, else 0.
 const REVOKE_SCRIPT: &str = r#"
-local hash = redis.call('HGET', KEYS[1], ARGV[2])
-if not hash then return 0 end
+if not index_holds(ARGV[2], KEYS[2], ARGV[1]) then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
-return redis.call('DEL', ARGV[1] .. hash)
+return redis.call('DEL', KEYS[2])
 "#;
 
-/// KEYS[1] user index, KEYS[2] the user's credential epoch; ARGV[1] session key prefix,
-/// ARGV[2] the session id to keep (or ''), ARGV[3] epoch ttl ms. Bumps the epoch, so a login
-/// that read it before cannot create its session any more. Returns the ids of the live
-/// sessions ended.
+/// KEYS[1] user index, KEYS[2] the user's credential epoch, KEYS[2+i] the snapshot's session
+/// keys; ARGV[1] session key prefix, ARGV[2] the session id to keep (or ''), ARGV[3] epoch ttl
+/// ms, ARGV[4] '1' to bump the epoch, ARGV[4+i] the snapshot's session ids. Bumping the epoch
+/// means no login that read it before can create its session any more. Returns {ids of the
+/// live sessions ended, [id, token hash] pairs of the index entries the snapshot did not have
+/// (but `keep`)}.
 const REVOKE_ALL_SCRIPT: &str = r#"
-redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local entries = redis.call('HGETALL', KEYS[1])
+if ARGV[4] == '1' then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 local ended = {}
-for i = 1, #entries, 2 do
-  if entries[i] ~= ARGV[2] then
-    redis.call('HDEL', KEYS[1], entries[i])
-    if redis.call('DEL', ARGV[1] .. entries[i + 1]) == 1 then
-      table.insert(ended, entries[i])
-    end
+local declared = {}
+for i = 3, #KEYS do
+  local id = ARGV[2 + i]
+  declared[id] = true
+  if id ~= ARGV[2] and index_holds(id, KEYS[i], ARGV[1]) then
+    redis.call('HDEL', KEYS[1], id)
+    if redis.call('DEL', KEYS[i]) == 1 then table.insert(ended, id) end
   end
 end
-return ended
+local missed = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if not declared[entries[i]] and entries[i] ~= ARGV[2] then
+    table.insert(missed, entries[i])
+    table.insert(missed, entries[i + 1])
+  end
+end
+return {ended, missed}
 "#;
 
 fn script(source: &str) -> Script {
-    Script::new(&source.replace("FIELDS", SESSION_FIELDS))
-}
-
-/// A Redis connection that is made on first use and re-made after failures.
-pub struct RedisConnection {
-    client: redis::Client,
-    manager: ArcSwapOption<ConnectionManager>,
-    connecting: tokio::sync::Mutex<Option<Instant>>,
-    timeout: Duration,
-    /// The long-lived runtime the connection's driver task is spawned on.
-    runtime: tokio::runtime::Handle,
-    metrics: Arc<Metrics>,
-}
-
-/// After a failed connect, requests fail fast for this long instead of queueing connects.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
-
-impl RedisConnection {
-    pub fn new(
-        url: &str,
-        timeout: Duration,
-        runtime: tokio::runtime::Handle,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, redis::RedisError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            manager: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(None),
-            timeout,
-            runtime,
-            metrics,
-        })
-    }
-
-    pub async fn get(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(manager) = self.manager.load_full() {
-            return Ok((*manager).clone());
-        }
-        let mut last_failure = self.connecting.lock().await;
-        if let Some(manager) = self.manager.load_full() {
-            return Ok((*manager).clone());
-        }
-        if last_failure.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
-            return Err(unavailable("not connected (retrying shortly)".to_string()));
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(100);
-        let client = self.client.clone();
-        // Spawned on the long-lived runtime: the manager's driver task lives there.
-        let connect = self
-            .runtime
-            .spawn(async move { ConnectionManager::new_with_config(client, config).await });
-        let outcome = tokio::time::timeout(self.timeout * 2, connect).await;
-        match outcome {
-            Ok(Ok(Ok(manager))) => {
-                *last_failure = None;
-                self.manager.store(Some(Arc::new(manager.clone())));
-                tracing::info!("connected to redis");
-                Ok(manager)
-            }
-            Ok(Ok(Err(error))) => {
-                *last_failure = Some(Instant::now());
-                Err(unavailable(error.to_string()))
-            }
-            Ok(Err(join_error)) => {
-                *last_failure = Some(Instant::now());
-                Err(unavailable(join_error.to_string()))
-            }
-            Err(_) => {
-                *last_failure = Some(Instant::now());
-                Err(unavailable("connect timed out".to_string()))
-            }
-        }
-    }
-
-    /// Runs one Redis call with the timeout, metrics and error mapping every call shares.
-    pub async fn call<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
-    where
-        F: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(unavailable(error.to_string())),
-            Err(_) => Err(unavailable("no answer in time".to_string())),
-        };
-        self.metrics
-            .store_call(Store::Redis, operation, started.elapsed(), result.is_ok());
-        if let Err(StoreError::Unavailable { detail, .. }) = &result {
-            tracing::warn!(operation, error = %detail, "redis call failed");
-        }
-        result
+    let source = source.replace("FIELDS", SESSION_FIELDS);
+    if source.contains("index_holds") {
+        Script::new(&format!("{INDEX_HOLDS}{source}"))
+    } else {
+        Script::new(&source)
     }
 }
 
-fn unavailable(detail: String) -> StoreError {
-    StoreError::Unavailable {
-        store: "redis",
-        detail,
-    }
-}
+/// How often `create` takes a new snapshot of an index that concurrent logins of the same user
+/// keep filling before it gives up (503). A retry is needed only when the cap must evict
+/// sessions made after the snapshot; each settles some of the contenders.
+const CREATE_ATTEMPTS: usize = 32;
 
 pub struct RedisSessionStore {
     connection: Arc<RedisConnection>,
@@ -268,6 +209,9 @@ struct Scripts {
     revoke: Script,
     revoke_all: Script,
 }
+
+/// A snapshot of a user's index: (session id, token hash hex).
+type Snapshot = Vec<(String, String)>;
 
 impl RedisSessionStore {
     /// `epoch_ttl` must be at least the absolute session lifetime (see [`super::epoch_ttl`]).
@@ -286,39 +230,51 @@ impl RedisSessionStore {
         }
     }
 
-    fn session_prefix(&self) -> String {
-        format!("{}session:", self.prefix)
+    fn session_prefix(&self, tag: SlotTag) -> String {
+        format!("{}{{{}}}session:", self.prefix, tag.as_str())
     }
 
-    fn session_key(&self, token: &TokenHash) -> String {
-        format!("{}session:{}", self.prefix, token.to_hex())
+    fn session_key(&self, key: &SessionKey) -> String {
+        format!("{}{}", self.session_prefix(key.tag), key.hash.to_hex())
     }
 
     fn user_index_key(&self, user_id: Uuid) -> String {
-        format!("{}user:{}:sessions", self.prefix, user_id)
+        let tag = SlotTag::of_user(user_id);
+        format!(
+            "{}{{{}}}user:{}:sessions",
+            self.prefix,
+            tag.as_str(),
+            user_id
+        )
     }
 
     fn epoch_key(&self, user_id: Uuid) -> String {
-        format!("{}user:{}:epoch", self.prefix, user_id)
+        let tag = SlotTag::of_user(user_id);
+        format!("{}{{{}}}user:{}:epoch", self.prefix, tag.as_str(), user_id)
     }
 
-    /// Runs a script on the user's index.
-    async fn on_index<T: redis::FromRedisValue>(
-        &self,
-        operation: &'static str,
-        script: &Script,
-        user_id: Uuid,
-        extra: Option<String>,
-    ) -> Result<T, StoreError> {
+    /// The user's index as it is now.
+    async fn snapshot(&self, user_id: Uuid) -> Result<Snapshot, StoreError> {
         let mut connection = self.connection.get().await?;
-        let mut invocation = script.key(self.user_index_key(user_id));
-        invocation.arg(self.session_prefix());
-        if let Some(extra) = extra {
-            invocation.arg(extra);
+        let key = self.user_index_key(user_id);
+        let index: std::collections::HashMap<String, String> = self
+            .connection
+            .call("index", connection.hgetall(key))
+            .await?;
+        Ok(index.into_iter().collect())
+    }
+
+    /// Adds a snapshot's session keys (KEYS) and ids (ARGV, after what the caller added).
+    fn declare(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        user_id: Uuid,
+        snapshot: &Snapshot,
+    ) {
+        let prefix = self.session_prefix(SlotTag::of_user(user_id));
+        for (id, hash) in snapshot {
+            invocation.key(format!("{prefix}{hash}")).arg(id);
         }
-        self.connection
-            .call(operation, invocation.invoke_async(&mut connection))
-            .await
     }
 }
 
@@ -334,34 +290,14 @@ fn optional(value: &Option<impl ToString>) -> String {
 impl SessionStore for RedisSessionStore {
     async fn create(
         &self,
-        token: &TokenHash,
+        key: &SessionKey,
         session: &SessionData,
         idle: Duration,
         cap: SessionCap,
         expected_epoch: u64,
     ) -> Result<Created, StoreError> {
-        let mut connection = self.connection.get().await?;
         let lifetime = session.absolute_expiry_ms - session.created_at_ms;
         let ttl = millis(idle).min(lifetime);
-        let mut invocation = self
-            .scripts
-            .create
-            .key(self.user_index_key(session.user_id));
-        invocation
-            .key(self.session_key(token))
-            .key(self.epoch_key(session.user_id))
-            .arg(self.session_prefix())
-            .arg(cap.max_sessions)
-            .arg(match cap.on_limit {
-                OnLimit::EvictOldest => "evict_oldest",
-                OnLimit::Reject => "reject",
-            })
-            .arg(ttl)
-            // The index outlives every session it lists; refreshed at each login.
-            .arg(lifetime)
-            .arg(session.id.to_string())
-            .arg(token.to_hex())
-            .arg(expected_epoch);
         let fields = [
             ("id", session.id.to_string()),
             ("user", session.user_id.to_string()),
@@ -376,30 +312,61 @@ impl SessionStore for RedisSessionStore {
             ("abs", session.absolute_expiry_ms.to_string()),
             ("last", session.created_at_ms.to_string()),
         ];
-        for (name, value) in fields {
-            invocation.arg(name).arg(value);
+        for _ in 0..CREATE_ATTEMPTS {
+            let snapshot = self.snapshot(session.user_id).await?;
+            let mut connection = self.connection.get().await?;
+            let mut invocation = self
+                .scripts
+                .create
+                .key(self.user_index_key(session.user_id));
+            invocation
+                .key(self.session_key(key))
+                .key(self.epoch_key(session.user_id))
+                .arg(self.session_prefix(key.tag))
+                .arg(cap.max_sessions)
+                .arg(match cap.on_limit {
+                    OnLimit::EvictOldest => "evict_oldest",
+                    OnLimit::Reject => "reject",
+                })
+                .arg(ttl)
+                // The index outlives every session it lists; refreshed at each login.
+                .arg(lifetime)
+                .arg(session.id.to_string())
+                .arg(key.hash.to_hex())
+                .arg(expected_epoch)
+                .arg(snapshot.len());
+            self.declare(&mut invocation, session.user_id, &snapshot);
+            for (name, value) in &fields {
+                invocation.arg(*name).arg(value);
+            }
+            let reply: Vec<String> = self
+                .connection
+                .call("create", invocation.invoke_async(&mut connection))
+                .await?;
+            match reply.split_first() {
+                Some((status, evicted)) if status == "ok" => {
+                    return Ok(Created::Ok {
+                        evicted: evicted.iter().filter_map(|id| id.parse().ok()).collect(),
+                    })
+                }
+                Some((status, _)) if status == "changed" => return Ok(Created::CredentialsChanged),
+                Some((status, _)) if status == "retry" => continue,
+                _ => return Ok(Created::LimitReached),
+            }
         }
-        let reply: Vec<String> = self
-            .connection
-            .call("create", invocation.invoke_async(&mut connection))
-            .await?;
-        match reply.split_first() {
-            Some((status, evicted)) if status == "ok" => Ok(Created::Ok {
-                evicted: evicted.iter().filter_map(|id| id.parse().ok()).collect(),
-            }),
-            Some((status, _)) if status == "changed" => Ok(Created::CredentialsChanged),
-            _ => Ok(Created::LimitReached),
-        }
+        Err(unavailable(
+            "the user's session index kept changing under concurrent logins".to_string(),
+        ))
     }
 
     async fn touch(
         &self,
-        token: &TokenHash,
+        key: &SessionKey,
         now_ms: i64,
         idle: Duration,
     ) -> Result<Option<LiveSession>, StoreError> {
         let mut connection = self.connection.get().await?;
-        let mut invocation = self.scripts.touch.key(self.session_key(token));
+        let mut invocation = self.scripts.touch.key(self.session_key(key));
         invocation.arg(now_ms).arg(millis(idle));
         let reply: Option<Vec<redis::Value>> = self
             .connection
@@ -409,8 +376,17 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn list(&self, user_id: Uuid) -> Result<Vec<LiveSession>, StoreError> {
+        let snapshot = self.snapshot(user_id).await?;
+        if snapshot.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.get().await?;
+        let mut invocation = self.scripts.list.key(self.user_index_key(user_id));
+        invocation.arg(self.session_prefix(SlotTag::of_user(user_id)));
+        self.declare(&mut invocation, user_id, &snapshot);
         let replies: Vec<Vec<redis::Value>> = self
-            .on_index("list", &self.scripts.list, user_id, None)
+            .connection
+            .call("list", invocation.invoke_async(&mut connection))
             .await?;
         Ok(replies
             .iter()
@@ -419,13 +395,24 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+        let index = self.user_index_key(user_id);
+        let mut connection = self.connection.get().await?;
+        let hash: Option<String> = self
+            .connection
+            .call("index", connection.hget(&index, session_id.to_string()))
+            .await?;
+        let Some(hash) = hash else {
+            return Ok(false);
+        };
+        let prefix = self.session_prefix(SlotTag::of_user(user_id));
+        let mut invocation = self.scripts.revoke.key(index);
+        invocation
+            .key(format!("{prefix}{hash}"))
+            .arg(prefix)
+            .arg(session_id.to_string());
         let ended: i64 = self
-            .on_index(
-                "revoke",
-                &self.scripts.revoke,
-                user_id,
-                Some(session_id.to_string()),
-            )
+            .connection
+            .call("revoke", invocation.invoke_async(&mut connection))
             .await?;
         Ok(ended > 0)
     }
@@ -435,18 +422,35 @@ impl SessionStore for RedisSessionStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut connection = self.connection.get().await?;
-        let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
-        invocation
-            .key(self.epoch_key(user_id))
-            .arg(self.session_prefix())
-            .arg(optional(&keep))
-            .arg(millis(self.epoch_ttl));
-        let ended: Vec<String> = self
-            .connection
-            .call("revoke_all", invocation.invoke_async(&mut connection))
-            .await?;
-        Ok(ended.iter().filter_map(|id| id.parse().ok()).collect())
+        let mut snapshot = self.snapshot(user_id).await?;
+        let mut ended_ids = Vec::new();
+        // The first call bumps the epoch and ends the snapshot; entries it reports missing were
+        // created before the bump and are ended by the second. Anything created after the bump
+        // read the new epoch: a login that began after the revoke, which stands.
+        for bump in [true, false] {
+            let mut connection = self.connection.get().await?;
+            let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
+            invocation
+                .key(self.epoch_key(user_id))
+                .arg(self.session_prefix(SlotTag::of_user(user_id)))
+                .arg(optional(&keep))
+                .arg(millis(self.epoch_ttl))
+                .arg(if bump { "1" } else { "0" });
+            self.declare(&mut invocation, user_id, &snapshot);
+            let (ended, missed): (Vec<String>, Vec<String>) = self
+                .connection
+                .call("revoke_all", invocation.invoke_async(&mut connection))
+                .await?;
+            ended_ids.extend(ended.iter().filter_map(|id| id.parse::<Uuid>().ok()));
+            snapshot = missed
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            if snapshot.is_empty() {
+                break;
+            }
+        }
+        Ok(ended_ids)
     }
 
     async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {
@@ -459,17 +463,19 @@ impl SessionStore for RedisSessionStore {
         Ok(epoch.unwrap_or(0))
     }
 
-    async fn live(&self, tokens: &[TokenHash]) -> Result<Vec<bool>, StoreError> {
-        if tokens.is_empty() {
+    async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection.get().await?;
-        let mut pipe = redis::pipe();
-        for token in tokens {
-            pipe.exists(self.session_key(token));
-        }
+        let connection = self.connection.get().await?;
+        // One EXISTS per key (they live in different slots); the connection pipelines them.
+        let checks = keys.iter().map(|key| {
+            let mut connection = connection.clone();
+            let key = self.session_key(key);
+            async move { connection.exists::<_, bool>(key).await }
+        });
         self.connection
-            .call("live", pipe.query_async(&mut connection))
+            .call("live", futures::future::try_join_all(checks))
             .await
     }
 

@@ -145,6 +145,7 @@ pub struct Activity {
 #[derive(Debug, Clone)]
 pub struct ActiveRecord {
     pub id: Uuid,
+    pub user_id: Uuid,
     pub token_hash: TokenHash,
     pub expires_at: DateTime<Utc>,
 }

@@ -383,7 +383,7 @@ impl RecordStore for PostgresStore {
         self.calls
             .run("active_sessions", async {
                 let rows = sqlx::query(
-                    "SELECT id, token_hash, expires_at FROM sessions WHERE status = 'active' \
+                    "SELECT id, user_id, token_hash, expires_at FROM sessions WHERE status = 'active' \
                  AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
                 )
                 .bind(after)
@@ -398,6 +398,7 @@ impl RecordStore for PostgresStore {
                     };
                     records.push(ActiveRecord {
                         id: row.try_get("id")?,
+                        user_id: row.try_get("user_id")?,
                         token_hash,
                         expires_at: row.try_get("expires_at")?,
                     });

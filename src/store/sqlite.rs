@@ -631,7 +631,7 @@ impl RecordStore for SqliteStore {
         self.calls
             .run("active_sessions", async {
                 let rows = sqlx::query(
-                    "SELECT id, token_hash, expires_at FROM sessions WHERE status = 'active' \
+                    "SELECT id, user_id, token_hash, expires_at FROM sessions WHERE status = 'active' \
                  AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
                 )
                 .bind(after.map(id))
@@ -646,6 +646,7 @@ impl RecordStore for SqliteStore {
                     };
                     records.push(ActiveRecord {
                         id: get_id(row, "id")?,
+                        user_id: get_id(row, "user_id")?,
                         token_hash,
                         expires_at: get_time(row, "expires_at")?,
                     });

@@ -29,6 +29,7 @@
 
 pub mod db;
 pub mod pair;
+pub mod topology;
 
 // Not every test file uses every helper.
 #[allow(unused_imports)]
@@ -786,6 +787,8 @@ pub struct GatewayOptions {
     pub session_extra: Vec<String>,
     /// Extra `key = value` lines appended to `[server]`.
     pub server_extra: Vec<String>,
+    /// Extra `key = value` lines appended to `[storage]` (e.g. `redis_cluster_urls`).
+    pub storage_extra: Vec<String>,
     /// Use another gateway's database and Redis prefix instead of fresh ones (a scaled-out
     /// deployment). The other gateway owns and cleans them up.
     pub shared_stores: Option<SharedStores>,
@@ -838,6 +841,7 @@ impl Default for GatewayOptions {
             shutdown_grace: "1s".into(),
             session_extra: Vec::new(),
             server_extra: Vec::new(),
+            storage_extra: Vec::new(),
             shared_stores: None,
             trusted_proxies: Vec::new(),
             login_protection: None,
@@ -975,6 +979,29 @@ impl GatewayOptions {
         self
     }
 
+    /// A `key = value` line for `[storage]`, e.g. `redis_cluster_urls = [...]`.
+    pub fn storage_setting(mut self, line: &str) -> Self {
+        self.storage_extra.push(line.into());
+        self
+    }
+
+    /// Sessions and login counters on this Redis Cluster (production pair only) instead of
+    /// the shared standalone Redis.
+    pub fn redis_cluster(self, cluster: &topology::RedisCluster) -> Self {
+        self.redis_url("")
+            .storage_setting(&format!("redis_cluster_urls = {}", cluster.urls_toml()))
+    }
+
+    /// Sessions and login counters on this Sentinel group's master (production pair only).
+    pub fn redis_sentinels(self, group: &topology::RedisSentinels) -> Self {
+        self.redis_url("")
+            .storage_setting(&format!("redis_sentinel_urls = {}", group.urls_toml()))
+            .storage_setting(&format!(
+                "redis_sentinel_master = {}",
+                toml_string(&group.master_name)
+            ))
+    }
+
     /// A `key = value` line for `[server]`, e.g. `header_timeout = "1s"`.
     pub fn server_setting(mut self, line: &str) -> Self {
         self.server_extra.push(line.into());
@@ -1029,6 +1056,15 @@ impl GatewayOptions {
             toml_string(redis_url),
             toml_string(&target.redis_prefix),
         ));
+        if !self.storage_extra.is_empty() {
+            // Back into [storage], after its blank line.
+            out.pop();
+            for line in &self.storage_extra {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push('\n');
+        }
         out.push_str(&format!(
             "[session]\n\
              cookie_name = \"{COOKIE_NAME}\"\n\

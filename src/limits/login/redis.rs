@@ -1,5 +1,7 @@
-//! [`LoginGuard`] on Redis, shared by every gateway instance: each step is one atomic Lua
-//! script. Keys hold the email's SHA-256, not the email.
+//! [`LoginGuard`] on Redis, shared by every gateway instance: each step is atomic Lua scripts
+//! that touch only the keys they are given. Keys hold the email's SHA-256, not the email; an
+//! account's keys carry it as their Redis Cluster hash tag (`login_lock:{<sha256>}`), so they
+//! share a slot, and the per-IP counters are keys of their own.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,28 +17,21 @@ use arc_swap::ArcSwap;
 use crate::config::LoginProtectionSection;
 use crate::limits::ip_rate::client_bucket;
 use crate::model::StoreError;
-use crate::session::redis::RedisConnection;
+use crate::session::redis_connection::RedisConnection;
 
-/// KEYS[1] account lock, KEYS[2] IP attempt counter, KEYS[3] account failures,
-/// KEYS[4] account checks in flight; ARGV window ms, max per IP, max failures, in-flight ttl ms.
+/// Reserves an account check. KEYS[1] account lock, KEYS[2] account failures, KEYS[3] account
+/// checks in flight; ARGV max failures, in-flight ttl ms.
 /// Returns {0, 0} to go ahead (the check is now in flight), {1, ms} if the account is locked,
-/// {2, ms} if the IP is over its limit, {3, 0} if failures plus checks in flight already
-/// reach the limit (wait for one to finish, then ask again).
+/// {3, 0} if failures plus checks in flight already reach the limit (wait for one to finish,
+/// then ask again).
 const BEGIN_SCRIPT: &str = r#"
 local locked = redis.call('PTTL', KEYS[1])
 if locked > 0 then return {1, locked} end
-local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
-local in_flight = tonumber(redis.call('GET', KEYS[4]) or '0')
-if failures + in_flight >= tonumber(ARGV[3]) then return {3, 0} end
-local attempts = redis.call('INCR', KEYS[2])
-if attempts == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
-if attempts > tonumber(ARGV[2]) then
-  local left = redis.call('PTTL', KEYS[2])
-  if left < 0 then left = tonumber(ARGV[1]) end
-  return {2, left}
-end
-redis.call('INCR', KEYS[4])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
+local failures = tonumber(redis.call('GET', KEYS[2]) or '0')
+local in_flight = tonumber(redis.call('GET', KEYS[3]) or '0')
+if failures + in_flight >= tonumber(ARGV[1]) then return {3, 0} end
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return {0, 0}
 "#;
 
@@ -60,9 +55,9 @@ end
 return 0
 "#;
 
-/// Counts one registration attempt. KEYS[1] the IP's registration counter; ARGV window ms, max
-/// per IP. Returns 0 to go ahead, else the ms left in the window.
-const REGISTER_SCRIPT: &str = r#"
+/// Counts one attempt from an IP (a login or a registration). KEYS[1] the IP's counter; ARGV
+/// window ms, max per IP. Returns 0 to go ahead, else the ms left in the window.
+const COUNT_SCRIPT: &str = r#"
 local attempts = redis.call('INCR', KEYS[1])
 local left = redis.call('PTTL', KEYS[1])
 if left < 0 then
@@ -86,7 +81,7 @@ pub struct RedisLoginGuard {
     config: ArcSwap<LoginProtectionSection>,
     begin: Script,
     finish: Script,
-    register: Script,
+    count: Script,
     /// How long an attempt may wait for its turn (the password pool's queue timeout).
     max_wait: Duration,
 }
@@ -104,14 +99,14 @@ impl RedisLoginGuard {
             config: ArcSwap::from_pointee(config),
             begin: Script::new(BEGIN_SCRIPT),
             finish: Script::new(FINISH_SCRIPT),
-            register: Script::new(REGISTER_SCRIPT),
+            count: Script::new(COUNT_SCRIPT),
             max_wait,
         }
     }
 
     fn account_key(&self, kind: &str, email: &str) -> String {
         let digest = hex::encode(Sha256::digest(email.as_bytes()));
-        format!("{}login_{kind}:{digest}", self.prefix)
+        format!("{}login_{kind}:{{{digest}}}", self.prefix)
     }
 
     /// IPv6 clients are counted by /64, like the request limiter, so a host cannot rotate
@@ -122,6 +117,19 @@ impl RedisLoginGuard {
 
     fn registration_key(&self, ip: IpAddr) -> String {
         format!("{}register_attempts:{}", self.prefix, client_bucket(ip))
+    }
+
+    /// Counts one attempt on an IP's counter; the time left in its window if over `max`.
+    async fn count(
+        &self,
+        operation: &'static str,
+        key: String,
+        max: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut invocation = self.count.key(key);
+        invocation.arg(millis(self.config.load().window)).arg(max);
+        let wait_ms: i64 = self.run(operation, invocation).await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))))
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -147,23 +155,40 @@ impl LoginGuard for RedisLoginGuard {
         loop {
             let mut invocation = self.begin.key(self.account_key("lock", email));
             invocation
-                .key(self.ip_key(ip))
                 .key(self.account_key("failures", email))
                 .key(self.account_key("checking", email))
-                .arg(millis(self.config.load().window))
-                .arg(self.config.load().max_attempts_per_ip)
                 .arg(self.config.load().max_failures)
                 .arg(millis(IN_FLIGHT_TTL));
             let (code, wait_ms): (i64, i64) = self.run("login_begin", invocation).await?;
             let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
             match code {
                 1 => return Ok(Some(Refusal::AccountLocked(wait))),
-                2 => return Ok(Some(Refusal::TooManyFromIp(wait))),
                 3 if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(WAIT_STEP).await;
                 }
                 3 => return Ok(Some(Refusal::Busy)),
-                _ => return Ok(None),
+                _ => break,
+            }
+        }
+        // The account check is reserved; the IP's counter lives in another slot, so it is
+        // counted in a second step, and the reservation is given back if the IP is refused
+        // (or the count fails; a reservation left behind lapses after IN_FLIGHT_TTL).
+        let counted = self
+            .count(
+                "login_ip",
+                self.ip_key(ip),
+                self.config.load().max_attempts_per_ip,
+            )
+            .await;
+        match counted {
+            Ok(None) => Ok(None),
+            Ok(Some(wait)) => {
+                self.finish(email, Outcome::Undecided).await?;
+                Ok(Some(Refusal::TooManyFromIp(wait)))
+            }
+            Err(error) => {
+                let _ = self.finish(email, Outcome::Undecided).await;
+                Err(error)
             }
         }
     }
@@ -186,12 +211,12 @@ impl LoginGuard for RedisLoginGuard {
     }
 
     async fn begin_registration(&self, ip: IpAddr) -> Result<Option<Duration>, StoreError> {
-        let mut invocation = self.register.key(self.registration_key(ip));
-        invocation
-            .arg(millis(self.config.load().window))
-            .arg(self.config.load().max_registrations_per_ip);
-        let wait_ms: i64 = self.run("register_begin", invocation).await?;
-        Ok((wait_ms > 0).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))))
+        self.count(
+            "register_begin",
+            self.registration_key(ip),
+            self.config.load().max_registrations_per_ip,
+        )
+        .await
     }
 }
 

@@ -1,0 +1,265 @@
+//! One connection to whichever Redis the config names: standalone (`storage.redis_url`),
+//! Cluster (`storage.redis_cluster_urls`) or Sentinel (`storage.redis_sentinel_urls` +
+//! `storage.redis_sentinel_master`), all on the `redis` crate's own support, behind one
+//! [`ConnectionLike`] so the session store and the login guard do not care which.
+//!
+//! - Standalone: a `ConnectionManager`, which reconnects to the same address by itself.
+//! - Cluster: the crate's async cluster connection, which follows `MOVED`/`ASK` redirects and
+//!   re-reads the slot map when a node fails over.
+//! - Sentinel: a multiplexed connection to the master the sentinels name. A failed call drops
+//!   it, so the next call asks the sentinels again and follows a promotion (a demoted master
+//!   answers writes with `READONLY`, which is a failure like any other).
+//!
+//! The connection is made lazily and re-made after failures, so the gateway starts without
+//! Redis and recovers without a restart. Every call is bounded by `storage.redis_timeout`; a
+//! failure is [`StoreError::Unavailable`] (fail closed: 503).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+
+use crate::config::RedisDeployment;
+use crate::model::StoreError;
+use crate::telemetry::{Metrics, Store};
+
+/// How to reach the configured Redis.
+enum Connector {
+    Standalone(redis::Client),
+    Cluster(ClusterClient),
+    /// `SentinelClient` needs `&mut` to ask; asks are rare (connects only).
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// A live connection of any deployment. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(MultiplexedConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Standalone(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+            Connection::Sentinel(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Standalone(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Sentinel(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Standalone(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+            Connection::Sentinel(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// A Redis connection that is made on first use and re-made after failures.
+pub struct RedisConnection {
+    connector: Connector,
+    connection: ArcSwapOption<Connection>,
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+    timeout: Duration,
+    /// The long-lived runtime the connection's driver task is spawned on.
+    runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+}
+
+/// After a failed connect, requests fail fast for this long instead of queueing connects.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
+
+impl RedisConnection {
+    pub fn new(
+        deployment: &RedisDeployment,
+        timeout: Duration,
+        runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        let connector = match deployment {
+            RedisDeployment::Standalone(url) => {
+                Connector::Standalone(redis::Client::open(url.as_str())?)
+            }
+            RedisDeployment::Cluster(urls) => Connector::Cluster(
+                ClusterClient::builder(urls.iter().map(|url| url.trim().to_string()))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    // A call is bounded by `timeout` anyway; retries inside it ride out a
+                    // failover's MOVED/refused answers while the slot map is re-read.
+                    .retries(3)
+                    .min_retry_wait(50)
+                    .max_retry_wait(200)
+                    .build()?,
+            ),
+            RedisDeployment::Sentinel { urls, master } => {
+                let infos = urls
+                    .iter()
+                    .map(|url| url.trim().into_connection_info())
+                    .collect::<Result<Vec<_>, _>>()?;
+                // The master is reached with the credentials and database of the first
+                // sentinel URL (`redis://:password@sentinel:26379/0`).
+                let node = SentinelNodeConnectionInfo {
+                    tls_mode: None,
+                    redis_connection_info: infos.first().map(|info| info.redis.clone()),
+                };
+                Connector::Sentinel(tokio::sync::Mutex::new(SentinelClient::build(
+                    infos,
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?))
+            }
+        };
+        Ok(Self {
+            connector,
+            connection: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(None),
+            timeout,
+            runtime,
+            metrics,
+        })
+    }
+
+    /// What kind of Redis this is, for logs.
+    pub fn deployment(&self) -> &'static str {
+        match self.connector {
+            Connector::Standalone(_) => "standalone",
+            Connector::Cluster(_) => "cluster",
+            Connector::Sentinel(_) => "sentinel",
+        }
+    }
+
+    pub async fn get(&self) -> Result<Connection, StoreError> {
+        if let Some(connection) = self.connection.load_full() {
+            return Ok((*connection).clone());
+        }
+        let mut last_failure = self.connecting.lock().await;
+        if let Some(connection) = self.connection.load_full() {
+            return Ok((*connection).clone());
+        }
+        if last_failure.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
+            return Err(unavailable("not connected (retrying shortly)".to_string()));
+        }
+        let outcome = tokio::time::timeout(self.timeout * 2, self.connect()).await;
+        let error = match outcome {
+            Ok(Ok(connection)) => {
+                *last_failure = None;
+                self.connection.store(Some(Arc::new(connection.clone())));
+                tracing::info!(deployment = self.deployment(), "connected to redis");
+                return Ok(connection);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => "connect timed out".to_string(),
+        };
+        *last_failure = Some(Instant::now());
+        Err(unavailable(error))
+    }
+
+    /// Makes a connection. The driver tasks the connections spawn must live on the long-lived
+    /// runtime, so the connecting itself runs there.
+    async fn connect(&self) -> Result<Connection, String> {
+        let timeout = self.timeout;
+        let spawned = match &self.connector {
+            Connector::Standalone(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(100);
+                let client = client.clone();
+                self.runtime.spawn(async move {
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map(Connection::Standalone)
+                })
+            }
+            Connector::Cluster(client) => {
+                let client = client.clone();
+                self.runtime.spawn(async move {
+                    client.get_async_connection().await.map(Connection::Cluster)
+                })
+            }
+            Connector::Sentinel(client) => {
+                // Which master: asked of the sentinels here, on the caller's task.
+                let master = client
+                    .lock()
+                    .await
+                    .async_get_client()
+                    .await
+                    .map_err(|error| format!("sentinels: {error}"))?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                self.runtime.spawn(async move {
+                    master
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Connection::Sentinel)
+                })
+            }
+        };
+        match spawned.await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(join_error) => Err(join_error.to_string()),
+        }
+    }
+
+    /// Runs one Redis call with the timeout, metrics and error mapping every call shares.
+    pub async fn call<T, F>(&self, operation: &'static str, work: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(unavailable(error.to_string())),
+            Err(_) => Err(unavailable("no answer in time".to_string())),
+        };
+        self.metrics
+            .store_call(Store::Redis, operation, started.elapsed(), result.is_ok());
+        if let Err(StoreError::Unavailable { detail, .. }) = &result {
+            tracing::warn!(operation, error = %detail, "redis call failed");
+            if matches!(self.connector, Connector::Sentinel(_)) {
+                // The master may have moved: ask the sentinels again on the next call.
+                self.connection.store(None);
+            }
+        }
+        result
+    }
+}
+
+pub fn unavailable(detail: String) -> StoreError {
+    StoreError::Unavailable {
+        store: "redis",
+        detail,
+    }
+}
