@@ -690,7 +690,7 @@ fn validate_redis(storage: &StorageSection) -> Result<(), Invalid> {
     .collect();
     if chosen.len() > 1 {
         return Err(invalid(
-            &format!("storage.{}", chosen[1]),
+            format!("storage.{}", chosen[1]),
             format!(
                 "set only one of storage.redis_url, storage.redis_cluster_urls and \
                  storage.redis_sentinel_urls (found {})",
