@@ -356,6 +356,9 @@ impl RedisSentinels {
             let args = [config.display().to_string(), "--sentinel".to_string()];
             sentinels.push(RedisProcess::spawn(port, &dir, &args));
         }
+        for sentinel in &sentinels {
+            sentinel.wait_until_up().await;
+        }
         let group = RedisSentinels {
             master,
             replica,

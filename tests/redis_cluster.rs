@@ -1,0 +1,349 @@
+//! Scaled out on Redis Cluster and Sentinel: several gateway instances sharing a private Redis
+//! Cluster (3 masters + 3 replicas) or Sentinel group (a master, a replica, three sentinels)
+//! started by the harness, and Postgres.
+//!
+//! - Everything that works on standalone Redis works on a Cluster: a session made on one
+//!   instance works on the others, a revocation through one is refused by all on the next
+//!   request, lockout and per-IP login counters are shared, and the per-user cap holds across
+//!   instances under concurrent logins.
+//! - Failover: a master SIGKILLed during traffic. While it heals, clients get only 200 or 503
+//!   with `Retry-After`: never a 401 for a live session, never a 200 for an ended one; every
+//!   session that existed before comes back within 20 s. The same with Sentinel: the gateway
+//!   follows the promotion without a restart.
+//!
+//! Redis replication is asynchronous, so "existed before" means acknowledged by a replica: the
+//! tests wait for that (`WAIT`) before killing a master, as an operator's failover can only
+//! keep what reached the replica.
+//!
+//! These need the production pair (Postgres shared by the instances).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::topology::{RedisCluster, RedisSentinels};
+use common::*;
+use serde_json::json;
+
+/// How long a failover may take before every session that existed is served again.
+const HEAL_WITHIN: Duration = Duration::from_secs(20);
+
+fn production_only() -> bool {
+    require_backend(
+        Backend::Production,
+        "several instances share Postgres; the embedded pair runs one instance",
+    )
+}
+
+/// Two instances on one cluster, sharing the first one's database and key prefix.
+async fn two_instances(
+    options: impl Fn() -> GatewayOptions,
+    cluster: &RedisCluster,
+) -> (Gateway, Gateway) {
+    let first = options().redis_cluster(cluster).start().await;
+    let second = options()
+        .sharing_stores_with(&first)
+        .redis_cluster(cluster)
+        .start()
+        .await;
+    (first, second)
+}
+
+/// Many sign-ups from one test address: more than the default per-address budget.
+fn many_sign_ups(text: String) -> String {
+    text.replace(
+        "[password]",
+        "[login_protection]\nmax_registrations_per_ip = 1000\n\n[password]",
+    )
+}
+
+async fn status_of(gateway: &Gateway, token: &str) -> u16 {
+    gateway.get("/app", Some(token)).await.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_session_works_everywhere_and_a_revocation_is_refused_by_all() {
+    if !production_only() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let (first, second) = two_instances(GatewayOptions::new, &cluster).await;
+    let user = first.signed_in_user().await;
+    for instance in [&first, &second] {
+        let response = instance.get("/app", Some(&user.token)).await;
+        assert_eq!(response.status(), 200);
+        let echoed = EchoedRequest::from_json(&response.json().await.unwrap());
+        assert_eq!(echoed.header("x-user-id"), Some(user.id.as_str()));
+    }
+    // A second session, made through the other instance; the first revoked through it.
+    let other = second.login(&user.email, &user.password).await;
+    let sessions: serde_json::Value = second
+        .get("/auth/user/sessions", Some(&other))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = sessions["sessions"].as_array().expect("a session list");
+    assert_eq!(listed.len(), 2, "{sessions}");
+    let first_id = listed
+        .iter()
+        .find(|session| session["current"] != json!(true))
+        .and_then(|session| session["id"].as_str())
+        .expect("the other session's id")
+        .to_string();
+    let revoked = second
+        .request(
+            "DELETE",
+            &format!("/auth/user/sessions/{first_id}"),
+            Some(&other),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status(), 204);
+    for instance in [&first, &second] {
+        assert_eq!(status_of(instance, &user.token).await, 401);
+        assert_eq!(status_of(instance, &other).await, 200);
+    }
+    // Revoke-all through the first instance ends every other session, on both.
+    let third = first.login(&user.email, &user.password).await;
+    let all = first
+        .request("DELETE", "/auth/user/sessions", Some(&third), &[], None)
+        .await;
+    assert_eq!(all.status(), 200);
+    for instance in [&first, &second] {
+        assert_eq!(status_of(instance, &other).await, 401);
+        assert_eq!(status_of(instance, &third).await, 200);
+    }
+    // Logout through the second: refused by the first.
+    assert_eq!(second.logout(Some(&third)).await.status(), 204);
+    assert_eq!(status_of(&first, &third).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_lockout_and_per_ip_login_counters_are_shared() {
+    if !production_only() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let (first, second) = two_instances(
+        || GatewayOptions::new().login_protection(4, "15m", "15m", 9),
+        &cluster,
+    )
+    .await;
+    let email = unique_email();
+    let password = strong_password();
+    first.register(&email, &password).await;
+    // Four failures spread over both instances lock the account on both.
+    for i in 0..4 {
+        let instance = if i % 2 == 0 { &first } else { &second };
+        let response = login_attempt(instance, &email, &format!("guess-{i}-wrong")).await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    for instance in [&first, &second] {
+        assert_refused_429(
+            login_attempt(instance, &email, &password).await,
+            "account_locked",
+            15 * 60,
+        )
+        .await;
+    }
+    // The per-IP budget (9) is one counter too: the 4 counted attempts above, then 5 more on
+    // other accounts spread over both instances, and the next is refused by either.
+    for i in 0..5 {
+        let instance = if i % 2 == 0 { &second } else { &first };
+        let response = login_attempt(instance, &unique_email(), "not-the-password").await;
+        assert_json_error(response, 401, "invalid_credentials").await;
+    }
+    for instance in [&first, &second] {
+        assert_refused_429(
+            login_attempt(instance, &unique_email(), "not-the-password").await,
+            "rate_limited",
+            15 * 60,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_per_user_cap_holds_across_instances_under_concurrent_logins() {
+    if !production_only() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let (first, second) = two_instances(
+        || GatewayOptions::new().max_sessions_per_user(3, "evict_oldest"),
+        &cluster,
+    )
+    .await;
+    let email = unique_email();
+    let password = strong_password();
+    first.register(&email, &password).await;
+    let logins = (0..12).map(|i| {
+        let instance = if i % 2 == 0 { &first } else { &second };
+        let (email, password) = (email.clone(), password.clone());
+        async move { instance.login(&email, &password).await }
+    });
+    let tokens = futures::future::join_all(logins).await;
+    let mut live = 0;
+    for token in &tokens {
+        let on_first = status_of(&first, token).await;
+        assert_eq!(
+            on_first,
+            status_of(&second, token).await,
+            "instances disagree"
+        );
+        if on_first == 200 {
+            live += 1;
+        }
+    }
+    assert_eq!(
+        live, 3,
+        "12 concurrent logins left {live} live sessions, cap 3"
+    );
+    let active = first
+        .count("SELECT count(*) FROM sessions WHERE status = 'active'", &[])
+        .await;
+    assert_eq!(active, 3, "session records still active");
+}
+
+/// Requests every token on every instance, round after round, from `killed` on, checking each
+/// answer: a live session gets 200 or 503 + `Retry-After`, an ended one 401 or 503. Returns
+/// how long after `killed` the first round in which every live session got 200 ended.
+async fn until_healed(
+    instances: &[&Gateway],
+    live: &[String],
+    ended: &str,
+    killed: Instant,
+) -> Duration {
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    loop {
+        let mut all_served = true;
+        for instance in instances {
+            for token in live {
+                let response = instance.get("/app", Some(token)).await;
+                let status = response.status().as_u16();
+                *answers.entry(status).or_default() += 1;
+                match status {
+                    200 => {}
+                    503 => {
+                        assert!(
+                            header(&response, "retry-after").is_some(),
+                            "503 without Retry-After"
+                        );
+                        all_served = false;
+                    }
+                    other => panic!(
+                        "a live session got {other} during the failover ({:?} after the kill; \
+                         answers so far {answers:?})",
+                        killed.elapsed()
+                    ),
+                }
+            }
+            let status = status_of(instance, ended).await;
+            assert!(
+                status == 401 || status == 503,
+                "an ended session got {status} during the failover"
+            );
+        }
+        if all_served {
+            let healed = killed.elapsed();
+            println!("healed {healed:?} after the kill; answers {answers:?}");
+            return healed;
+        }
+        assert!(
+            killed.elapsed() < HEAL_WITHIN,
+            "sessions not all served {HEAL_WITHIN:?} after the kill; answers {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sessions for `count` users made alternately through the instances, and one ended session.
+async fn sessions_through(instances: &[&Gateway], count: usize) -> (Vec<String>, String) {
+    let mut tokens = Vec::new();
+    for i in 0..count {
+        let instance = instances[i % instances.len()];
+        let email = unique_email();
+        let password = strong_password();
+        instance.register(&email, &password).await;
+        tokens.push(instance.login(&email, &password).await);
+    }
+    let ended = instances[0].signed_in_user().await.token;
+    assert_eq!(instances[0].logout(Some(&ended)).await.status(), 204);
+    (tokens, ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_during_traffic_fails_over_without_a_wrong_answer() {
+    if !production_only() {
+        return;
+    }
+    let mut cluster = RedisCluster::start().await;
+    let first =
+        Gateway::start_with_edited(GatewayOptions::new().redis_cluster(&cluster), many_sign_ups)
+            .await;
+    let second = Gateway::start_with_edited(
+        GatewayOptions::new()
+            .sharing_stores_with(&first)
+            .redis_cluster(&cluster),
+        many_sign_ups,
+    )
+    .await;
+    let instances = [&first, &second];
+    let (tokens, ended) = sessions_through(&instances, 12).await;
+    // Traffic, then the master holding the first session's slot dies.
+    let tag = &tokens[0][..4];
+    let victim = cluster.master_of(&format!("{{{tag}}}")).await;
+    cluster.replicas_caught_up().await;
+    until_healed(&instances, &tokens, &ended, Instant::now()).await;
+    let killed = Instant::now();
+    cluster.nodes[victim].kill();
+    let healed = until_healed(&instances, &tokens, &ended, killed).await;
+    assert!(healed < HEAL_WITHIN);
+    // New logins and revocations work on the healed cluster.
+    let (more, _) = sessions_through(&instances, 2).await;
+    for token in &more {
+        assert_eq!(status_of(&second, token).await, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
+    if !production_only() {
+        return;
+    }
+    let mut group = RedisSentinels::start().await;
+    let first =
+        Gateway::start_with_edited(GatewayOptions::new().redis_sentinels(&group), many_sign_ups)
+            .await;
+    let second = Gateway::start_with_edited(
+        GatewayOptions::new()
+            .sharing_stores_with(&first)
+            .redis_sentinels(&group),
+        many_sign_ups,
+    )
+    .await;
+    let instances = [&first, &second];
+    let (tokens, ended) = sessions_through(&instances, 6).await;
+    // A revocation through one instance is refused by the other.
+    let user = first.signed_in_user().await;
+    assert_eq!(second.logout(Some(&user.token)).await.status(), 204);
+    assert_eq!(status_of(&first, &user.token).await, 401);
+
+    group.replica_caught_up().await;
+    let old_master = group.master.port;
+    let killed = Instant::now();
+    group.master.kill();
+    let healed = until_healed(&instances, &tokens, &ended, killed).await;
+    assert!(healed < HEAL_WITHIN);
+    assert_eq!(
+        group.current_master_port().await,
+        Some(group.replica.port),
+        "the sentinels promoted the replica (old master {old_master})"
+    );
+    let (more, _) = sessions_through(&instances, 2).await;
+    for token in &more {
+        assert_eq!(status_of(&first, token).await, 200);
+    }
+}
