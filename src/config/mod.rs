@@ -1363,6 +1363,56 @@ mod tests {
     }
 
     #[test]
+    fn one_redis_deployment_at_most_and_sentinels_need_a_master() {
+        let storage = |lines: &str| format!("[storage]\n{lines}\n{MINIMAL}");
+        let parsed = |lines: &str| Config::parse(&storage(lines));
+        assert_eq!(parsed("").expect("valid").storage.redis(), None);
+        let cluster =
+            parsed("redis_cluster_urls = [\"redis://a:1\", \"redis://b:2\"]").expect("valid");
+        assert_eq!(
+            cluster.storage.redis(),
+            Some(RedisDeployment::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        let sentinel =
+            parsed("redis_sentinel_urls = [\"redis://s:26379\"]\nredis_sentinel_master = \"m\"")
+                .expect("valid");
+        assert_eq!(
+            sentinel.storage.redis(),
+            Some(RedisDeployment::Sentinel {
+                urls: vec!["redis://s:26379".into()],
+                master: "m".into()
+            })
+        );
+        for (lines, key) in [
+            (
+                "redis_url = \"redis://a:1\"\nredis_cluster_urls = [\"redis://b:2\"]",
+                "storage.redis_cluster_urls",
+            ),
+            (
+                "redis_cluster_urls = [\"redis://b:2\"]\nredis_sentinel_urls = [\"redis://s:1\"]\nredis_sentinel_master = \"m\"",
+                "storage.redis_sentinel_urls",
+            ),
+            ("redis_sentinel_urls = [\"redis://s:1\"]", "storage.redis_sentinel_master"),
+            ("redis_sentinel_master = \"m\"", "storage.redis_sentinel_master"),
+            ("redis_cluster_urls = [\"http://b:2\"]", "storage.redis_cluster_urls"),
+            ("redis_key_prefix = \"app{1}:\"", "storage.redis_key_prefix"),
+        ] {
+            let error = parsed(lines).expect_err(lines).0;
+            assert!(error.starts_with(key), "{lines}: {error}");
+        }
+        // REDIS_URL picks standalone whatever the file chose.
+        let mut config = cluster;
+        config.apply_env(|name| (name == "REDIS_URL").then(|| "redis://env:6379".to_string()));
+        assert_eq!(
+            config.storage.redis(),
+            Some(RedisDeployment::Standalone("redis://env:6379".into()))
+        );
+    }
+
+    #[test]
     fn database_url_selects_postgres_or_sqlite_and_names_the_key_otherwise() {
         for url in [
             "postgres://db/x",
