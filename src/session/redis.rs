@@ -345,9 +345,12 @@ impl SessionStore for RedisSessionStore {
                 .await?;
             match reply.split_first() {
                 Some((status, evicted)) if status == "ok" => {
+                    self.connection
+                        .replicate(&mut connection, &self.session_key(key))
+                        .await;
                     return Ok(Created::Ok {
                         evicted: evicted.iter().filter_map(|id| id.parse().ok()).collect(),
-                    })
+                    });
                 }
                 Some((status, _)) if status == "changed" => return Ok(Created::CredentialsChanged),
                 Some((status, _)) if status == "retry" => continue,
@@ -372,7 +375,18 @@ impl SessionStore for RedisSessionStore {
             .connection
             .call("touch", invocation.invoke_async(&mut connection))
             .await?;
-        Ok(reply.and_then(|fields| parse_live_session(&fields)))
+        match reply {
+            None => Ok(None),
+            Some(fields) => match parse_live_session(&fields) {
+                Some(session) => Ok(Some(session)),
+                // A session key that does not decode is not a verdict on the session (a reply
+                // mangled in transit, a key half-restored by hand): refuse with 503, not 401.
+                None => {
+                    tracing::warn!("a session's redis reply did not decode");
+                    Err(unavailable("a session reply did not decode".to_string()))
+                }
+            },
+        }
     }
 
     async fn list(&self, user_id: Uuid) -> Result<Vec<LiveSession>, StoreError> {
@@ -405,7 +419,7 @@ impl SessionStore for RedisSessionStore {
             return Ok(false);
         };
         let prefix = self.session_prefix(SlotTag::of_user(user_id));
-        let mut invocation = self.scripts.revoke.key(index);
+        let mut invocation = self.scripts.revoke.key(&index);
         invocation
             .key(format!("{prefix}{hash}"))
             .arg(prefix)
@@ -414,6 +428,9 @@ impl SessionStore for RedisSessionStore {
             .connection
             .call("revoke", invocation.invoke_async(&mut connection))
             .await?;
+        if ended > 0 {
+            self.connection.replicate(&mut connection, &index).await;
+        }
         Ok(ended > 0)
     }
 
@@ -424,11 +441,11 @@ impl SessionStore for RedisSessionStore {
     ) -> Result<Vec<Uuid>, StoreError> {
         let mut snapshot = self.snapshot(user_id).await?;
         let mut ended_ids = Vec::new();
+        let mut connection = self.connection.get().await?;
         // The first call bumps the epoch and ends the snapshot; entries it reports missing were
         // created before the bump and are ended by the second. Anything created after the bump
         // read the new epoch: a login that began after the revoke, which stands.
         for bump in [true, false] {
-            let mut connection = self.connection.get().await?;
             let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
             invocation
                 .key(self.epoch_key(user_id))
@@ -450,6 +467,9 @@ impl SessionStore for RedisSessionStore {
                 break;
             }
         }
+        self.connection
+            .replicate(&mut connection, &self.user_index_key(user_id))
+            .await;
         Ok(ended_ids)
     }
 
@@ -495,8 +515,7 @@ impl SessionStore for RedisSessionStore {
 }
 
 /// Decodes a script's session reply: the fields in `SESSION_FIELDS` order, then the remaining
-/// idle milliseconds. A reply that does not decode (a foreign or half-written key) counts as
-/// no session.
+/// idle milliseconds. `None` for a reply that does not decode.
 fn parse_live_session(fields: &[redis::Value]) -> Option<LiveSession> {
     let text = |index: usize| -> Option<String> {
         redis::from_redis_value::<Option<String>>(fields.get(index)?).ok()?

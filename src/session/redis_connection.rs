@@ -97,6 +97,11 @@ pub struct RedisConnection {
 /// After a failed connect, requests fail fast for this long instead of queueing connects.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
+/// How long a change that must survive a failover (a new session, a revocation) waits for a
+/// replica to acknowledge it, on Cluster and Sentinel. Normally well under a millisecond; with
+/// no replica answering, the change stands on the master alone after this long.
+const REPLICA_ACK_WAIT: Duration = Duration::from_millis(100);
+
 impl RedisConnection {
     pub fn new(
         deployment: &RedisDeployment,
@@ -230,6 +235,31 @@ impl RedisConnection {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(error.to_string()),
             Err(join_error) => Err(join_error.to_string()),
+        }
+    }
+
+    /// After a change that must survive a failover (sessions made or ended), waits until a
+    /// replica has it (`WAIT 1`), at most [`REPLICA_ACK_WAIT`], on Cluster and Sentinel, where
+    /// a replica takes over when the master dies. Replication is asynchronous: without this, a
+    /// logout answered just before a crash could come back to life on the promoted replica.
+    /// `WAIT` is sent in a pipeline behind a command on `key`, so on a cluster it reaches the
+    /// node (and the connection) the change was made on. Best effort: a change a replica did
+    /// not acknowledge in time is logged, never undone or refused.
+    pub async fn replicate(&self, connection: &mut Connection, key: &str) {
+        if matches!(self.connector, Connector::Standalone(_)) {
+            return;
+        }
+        let wait_ms = u64::try_from(REPLICA_ACK_WAIT.as_millis()).unwrap_or(100);
+        let mut pipe = redis::pipe();
+        pipe.exists(key).ignore().cmd("WAIT").arg(1).arg(wait_ms);
+        let acked: redis::RedisResult<(i64,)> = pipe.query_async(connection).await;
+        match acked {
+            Ok((replicas,)) if replicas >= 1 => {}
+            Ok(_) => tracing::warn!(
+                wait_ms,
+                "no redis replica acknowledged a session change in time: it would not survive a failover of its master now"
+            ),
+            Err(error) => tracing::warn!(%error, "redis WAIT for a replica failed"),
         }
     }
 

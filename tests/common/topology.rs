@@ -107,6 +107,41 @@ impl RedisProcess {
         }
     }
 
+    /// Until this master's replica has acknowledged everything written to it so far (its
+    /// acknowledged offset reaches the master's offset as read now). `WAIT` would not do: it
+    /// only waits for the writes of the connection that sends it.
+    pub async fn replica_caught_up(&self) {
+        let field = |info: &str, name: &str| -> Option<i64> {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().parse().ok())
+        };
+        let target = field(&self.info("replication").await, "master_repl_offset:")
+            .expect("master_repl_offset in INFO replication");
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let info = self.info("replication").await;
+            let acked = info
+                .lines()
+                .filter(|line| line.starts_with("slave"))
+                .filter_map(|line| {
+                    line.split(',')
+                        .find_map(|part| part.strip_prefix("offset="))
+                        .and_then(|offset| offset.parse::<i64>().ok())
+                })
+                .max();
+            if acked.is_some_and(|acked| acked >= target) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica of {} did not catch up to offset {target}:\n{info}",
+                self.addr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `INFO <section>` as text.
     pub async fn info(&self, section: &str) -> String {
         let mut connection = self.connection().await;
@@ -268,13 +303,7 @@ impl RedisCluster {
     pub async fn replicas_caught_up(&self) {
         for node in self.nodes.iter().filter(|node| node.is_running()) {
             if node.info("replication").await.contains("role:master") {
-                let acked: i64 = redis::cmd("WAIT")
-                    .arg(1)
-                    .arg(5000)
-                    .query_async(&mut node.connection().await)
-                    .await
-                    .expect("WAIT");
-                assert_eq!(acked, 1, "the replica of {} did not catch up", node.addr());
+                node.replica_caught_up().await;
             }
         }
     }
@@ -415,13 +444,7 @@ impl RedisSentinels {
 
     /// Waits until the replica has acknowledged the master's writes.
     pub async fn replica_caught_up(&self) {
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(5000)
-            .query_async(&mut self.master.connection().await)
-            .await
-            .expect("WAIT");
-        assert_eq!(acked, 1, "the replica did not catch up");
+        self.master.replica_caught_up().await;
     }
 
     /// The port of the master the sentinels name now.
