@@ -243,6 +243,14 @@ impl RedisCluster {
                     .await
                     .unwrap_or_default();
                 formed &= info.contains("cluster_state:ok");
+                // A master's replica has finished its first sync (so `WAIT` is answered at
+                // once, not after its timeout).
+                let replication = node.info("replication").await;
+                if replication.contains("role:master") && self.nodes.iter().all(|n| n.is_running())
+                {
+                    formed &= replication.contains("connected_slaves:1")
+                        && replication.contains("state=online");
+                }
             }
             if formed {
                 return;
