@@ -646,3 +646,29 @@ async fn behind_haproxy_the_site_keeps_serving_when_a_gateway_is_killed() {
     )
     .await;
 }
+
+/// The files as shipped, not only as the tests above rewrite them: `authgate check` accepts the
+/// gateway's config and `haproxy -c` the balancer's. (No store is opened, so on either pair.)
+#[test]
+fn the_example_files_are_valid_as_shipped() {
+    let check = run_check(&example_file("gateway.toml"));
+    assert!(
+        check.status.success(),
+        "authgate check rejects deploy/scaled-out/gateway.toml:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let haproxy = Command::new(haproxy_binary())
+        .arg("-c")
+        .arg("-f")
+        .arg(Path::new(EXAMPLE_DIR).join("haproxy.cfg"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        haproxy.status.success(),
+        "haproxy -c rejects deploy/scaled-out/haproxy.cfg:\n{}{}",
+        String::from_utf8_lossy(&haproxy.stdout),
+        String::from_utf8_lossy(&haproxy.stderr)
+    );
+}
