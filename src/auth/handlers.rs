@@ -180,16 +180,27 @@ impl AuthApi {
         }
         // Evicted or revoked before its record existed: make sure the record says so.
         self.sessions.recorded(started.data.id);
-        if let Err(error) = self.records.record_login(user.id, now).await {
-            tracing::warn!(%error, "cannot stamp last_login");
-        }
-        self.audit(
+        // The login's audit event is written before the 200, not behind it: a login the
+        // client was told succeeded must have its event even if the process dies (SIGKILL,
+        // OOM) right after answering, when the write-behind queue would be lost with it.
+        // Without the event the session must not be handed out either; its record, left
+        // `active` with no live session, is closed by the expiry job like any lost session.
+        let event = self.event(
             request,
             AuditKind::LoginOk,
             Some(user.id),
             Some(started.data.id),
             json!({}),
         );
+        if let Err(error) = self.records.record_event(&event).await {
+            if let Err(cleanup) = self.sessions.discard(&started.data).await {
+                tracing::warn!(error = %cleanup, "cannot undo session after database failure");
+            }
+            return Err(error.into());
+        }
+        if let Err(error) = self.records.record_login(user.id, now).await {
+            tracing::warn!(%error, "cannot stamp last_login");
+        }
         let user = User {
             last_login: Some(now),
             ..user
@@ -638,14 +649,27 @@ impl AuthApi {
         session_id: Option<Uuid>,
         detail: serde_json::Value,
     ) {
-        self.writer.event(AuthEvent {
+        self.writer
+            .event(self.event(request, kind, user_id, session_id, detail));
+    }
+
+    /// The audit row for `request`, for [`Self::audit`] or a write that must not be behind.
+    fn event(
+        &self,
+        request: &AuthRequest,
+        kind: AuditKind,
+        user_id: Option<Uuid>,
+        session_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) -> AuthEvent {
+        AuthEvent {
             kind,
             user_id,
             session_id,
             ip: Some(request.client_ip),
             user_agent: Some(request.user_agent()),
             detail,
-        });
+        }
     }
 }
 
