@@ -511,9 +511,14 @@ async fn mixed_traffic_for_a_while_gets_only_expected_statuses_flat_memory_and_n
                 .rate_limit(100_000, 100_000)
                 .login_protection(5, "15m", "15m", 100_000_000),
             |text| {
+                let line = "max_attempts_per_ip = 100000000\n";
+                assert!(
+                    text.contains(line),
+                    "no {line:?} in the rendered config:\n{text}"
+                );
                 text.replace(
-                    "max_attempts_per_ip = 100000000\n",
-                    "max_attempts_per_ip = 100000000\nmax_registrations_per_ip = 100000000\n",
+                    line,
+                    &format!("{line}max_registrations_per_ip = 100000000\n"),
                 )
             },
         )
