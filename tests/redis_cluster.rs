@@ -19,6 +19,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::topology::{RedisCluster, RedisSentinels};
@@ -285,6 +286,39 @@ async fn until_healed(
     }
 }
 
+/// Asks for every session on every instance, round after round, until `stop`: the traffic
+/// that runs through a failover. A session live throughout gets only 200 or 503 +
+/// `Retry-After`; an ended one only 401 or 503. Returns the answers counted by status.
+async fn keep_asking(
+    instances: &[&Gateway],
+    live: Vec<String>,
+    ended: Vec<String>,
+    stop: &AtomicBool,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    while !stop.load(Ordering::Acquire) {
+        for instance in instances {
+            for token in &live {
+                let response = instance.get("/app", Some(token)).await;
+                let status = response.status().as_u16();
+                *answers.entry(status).or_default() += 1;
+                assert!(
+                    status == 200 || (status == 503 && header(&response, "retry-after").is_some()),
+                    "a live session got {status} during the failover (answers {answers:?})"
+                );
+            }
+            for token in &ended {
+                let status = status_of(instance, token).await;
+                assert!(
+                    status == 401 || status == 503,
+                    "an ended session got {status} during the failover"
+                );
+            }
+        }
+    }
+    answers
+}
+
 /// Sessions for `count` users made alternately through the instances, and one ended session.
 async fn sessions_through(instances: &[&Gateway], count: usize) -> (Vec<String>, Vec<String>) {
     let mut tokens = Vec::new();
@@ -318,28 +352,29 @@ async fn a_cluster_master_killed_during_traffic_fails_over_without_a_wrong_answe
     .await;
     let instances = [&first, &second];
     let (mut tokens, mut ended) = sessions_through(&instances, 12).await;
-    // The master that dies holds the slot of a user who signs in again right before.
+    // The master that dies holds the slot of a user who signs out and in again right before.
     let late = first.signed_in_user().await;
     let tag = authgate::session::SlotTag::of_user(late.id.parse().unwrap());
     let victim = cluster.master_of(&format!("{{{}}}", tag.as_str())).await;
-    let mut on_victim = None;
-    for (index, token) in tokens.iter().enumerate() {
-        if cluster.master_of(&format!("{{{}}}", &token[..4])).await == victim {
-            on_victim = Some(index);
-        }
-    }
-    tokens.push(late.token);
     until_healed(&instances, &tokens, &ended, Instant::now()).await;
     cluster.replicas_caught_up().await;
-    // Changes answered right before the kill survive it: a logout stays a logout and a new
-    // session stays (the gateway waits for a replica to acknowledge them).
-    let gone = tokens.remove(on_victim.unwrap_or(0));
-    assert_eq!(second.logout(Some(&gone)).await.status(), 204);
-    ended.push(gone);
-    tokens.push(first.login(&late.email, &late.password).await);
-    let killed = Instant::now();
-    cluster.nodes[victim].kill();
-    let healed = until_healed(&instances, &tokens, &ended, killed).await;
+    // Traffic on every session keeps running through the kill and the heal.
+    let stop = AtomicBool::new(false);
+    let traffic = keep_asking(&instances, tokens.clone(), ended.clone(), &stop);
+    let failover = async {
+        // Changes answered right before the kill survive it: a logout stays a logout and a
+        // new session stays (the gateway waits for a replica to acknowledge them).
+        assert_eq!(second.logout(Some(&late.token)).await.status(), 204);
+        ended.push(late.token.clone());
+        tokens.push(first.login(&late.email, &late.password).await);
+        let killed = Instant::now();
+        cluster.nodes[victim].kill();
+        let healed = until_healed(&instances, &tokens, &ended, killed).await;
+        stop.store(true, Ordering::Release);
+        healed
+    };
+    let (healed, asked) = futures::join!(failover, traffic);
+    println!("traffic during the failover: {asked:?}");
     assert!(healed < HEAL_WITHIN);
     // New logins and revocations work on the healed cluster.
     let (more, _) = sessions_through(&instances, 2).await;
@@ -372,15 +407,23 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
     assert_eq!(status_of(&first, &user.token).await, 401);
 
     group.replica_caught_up().await;
-    // Changes answered right before the kill survive it (see the cluster test).
     let gone = tokens.remove(0);
-    assert_eq!(first.logout(Some(&gone)).await.status(), 204);
-    ended.push(gone);
-    tokens.push(second.login(&user.email, &user.password).await);
+    let stop = AtomicBool::new(false);
+    let traffic = keep_asking(&instances, tokens.clone(), ended.clone(), &stop);
     let old_master = group.master.port;
-    let killed = Instant::now();
-    group.master.kill();
-    let healed = until_healed(&instances, &tokens, &ended, killed).await;
+    let failover = async {
+        // Changes answered right before the kill survive it (see the cluster test).
+        assert_eq!(first.logout(Some(&gone)).await.status(), 204);
+        ended.push(gone);
+        tokens.push(second.login(&user.email, &user.password).await);
+        let killed = Instant::now();
+        group.master.kill();
+        let healed = until_healed(&instances, &tokens, &ended, killed).await;
+        stop.store(true, Ordering::Release);
+        healed
+    };
+    let (healed, asked) = futures::join!(failover, traffic);
+    println!("traffic during the failover: {asked:?}");
     assert!(healed < HEAL_WITHIN);
     assert_eq!(
         group.current_master_port().await,

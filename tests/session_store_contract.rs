@@ -393,3 +393,78 @@ async fn a_revoke_all_moves_the_credential_epoch(store: Arc<dyn SessionStore>) {
     assert_eq!(store.credential_epoch(Uuid::new_v4()).await.unwrap(), 0);
 }
 contract!(credential_epoch, a_revoke_all_moves_the_credential_epoch);
+
+async fn a_login_racing_a_revoke_all_never_outlives_it(store: Arc<dyn SessionStore>) {
+    // Logins that read the epoch before a revoke-all either land before it (and are ended by
+    // it, however the snapshot it took saw them) or are refused; none survives it.
+    for _ in 0..15 {
+        let user = Uuid::new_v4();
+        let (first, data) = session(user, Duration::from_secs(3600));
+        create(&store, &first, &data, 10).await;
+        let epoch = store.credential_epoch(user).await.unwrap();
+        let logins: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (key, data) = session(user, Duration::from_secs(3600));
+                    let outcome = store
+                        .create(&key, &data, IDLE, cap(10, OnLimit::EvictOldest), epoch)
+                        .await
+                        .unwrap();
+                    (key, outcome)
+                })
+            })
+            .collect();
+        let revoke = {
+            let store = store.clone();
+            tokio::spawn(async move { store.revoke_all_except(user, None).await.unwrap() })
+        };
+        revoke.await.unwrap();
+        let mut keys = vec![first];
+        for login in logins {
+            let (key, outcome) = login.await.unwrap();
+            assert!(
+                matches!(outcome, Created::Ok { .. } | Created::CredentialsChanged),
+                "{outcome:?}"
+            );
+            keys.push(key);
+        }
+        let live = store.live(&keys).await.unwrap();
+        assert!(
+            live.iter().all(|live| !live),
+            "a session made with the epoch read before a revoke-all survived it: {live:?}"
+        );
+        assert!(store.list(user).await.unwrap().is_empty());
+    }
+}
+contract!(
+    login_vs_revoke_all,
+    a_login_racing_a_revoke_all_never_outlives_it
+);
+
+async fn a_cap_of_one_holds_under_concurrent_logins(store: Arc<dyn SessionStore>) {
+    // Every login must evict one made after it read the user's sessions: the store retries.
+    let user = Uuid::new_v4();
+    let logins: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (key, data) = session(user, Duration::from_secs(3600));
+                let outcome = store
+                    .create(&key, &data, IDLE, cap(1, OnLimit::EvictOldest), 0)
+                    .await
+                    .unwrap();
+                assert!(matches!(outcome, Created::Ok { .. }), "{outcome:?}");
+                key
+            })
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for login in logins {
+        keys.push(login.await.unwrap());
+    }
+    let live = store.live(&keys).await.unwrap();
+    assert_eq!(live.iter().filter(|live| **live).count(), 1, "{live:?}");
+    assert_eq!(store.list(user).await.unwrap().len(), 1);
+}
+contract!(cap_of_one, a_cap_of_one_holds_under_concurrent_logins);

@@ -211,7 +211,7 @@ impl Config {
     pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut config =
             Config::parse(text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
-        config.apply_env(|name| std::env::var(name).ok());
+        config.apply_env(|name| std::env::var(name).ok())?;
         // DATABASE_URL replaces a URL the file check already passed: check what is now in force.
         crate::store::DatabaseUrl::parse(&config.storage.database_url).map_err(|message| {
             ConfigError(format!(
@@ -331,17 +331,33 @@ impl Config {
         keys
     }
 
-    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = var("DATABASE_URL").filter(|v| !v.is_empty()) {
             self.storage.database_url = url;
         }
-        // REDIS_URL picks standalone Redis whatever the file chose (cluster, sentinel).
         if let Some(url) = var("REDIS_URL").filter(|v| !v.is_empty()) {
+            // An instance whose environment pointed it at another Redis than its peers would
+            // not see their sessions or revocations: refused, not resolved silently.
+            if !self.storage.redis_cluster_urls.is_empty()
+                || !self.storage.redis_sentinel_urls.is_empty()
+            {
+                return Err(ConfigError(
+                    "REDIS_URL is set, but the file chooses Redis Cluster or Sentinel \
+                     (storage.redis_cluster_urls / storage.redis_sentinel_urls): unset one"
+                        .to_string(),
+                ));
+            }
+            let url = url.trim().to_string();
+            if !is_redis_url(&url) {
+                return Err(ConfigError(
+                    "storage.redis_url (from REDIS_URL): must be a redis:// URL (rediss://, TLS, \
+                     is not built in)"
+                        .to_string(),
+                ));
+            }
             self.storage.redis_url = url;
-            self.storage.redis_cluster_urls.clear();
-            self.storage.redis_sentinel_urls.clear();
-            self.storage.redis_sentinel_master.clear();
         }
+        Ok(())
     }
 }
 
@@ -654,8 +670,9 @@ impl StorageSection {
     }
 }
 
+/// `redis://` only: this build has no TLS to Redis (`rediss://` would fail at every connect).
 fn is_redis_url(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
+    url.starts_with("redis://")
 }
 
 fn validate_redis(storage: &StorageSection) -> Result<(), Invalid> {
@@ -663,7 +680,8 @@ fn validate_redis(storage: &StorageSection) -> Result<(), Invalid> {
     if !(redis.is_empty() || is_redis_url(redis)) {
         return Err(invalid(
             "storage.redis_url",
-            "must be a redis:// URL, or empty for the in-process session store",
+            "must be a redis:// URL (rediss://, TLS to Redis, is not built in), or empty for the \
+             in-process session store",
         ));
     }
     for (key, urls) in [
@@ -673,7 +691,7 @@ fn validate_redis(storage: &StorageSection) -> Result<(), Invalid> {
         if let Some(bad) = urls.iter().position(|url| !is_redis_url(url.trim())) {
             return Err(invalid(
                 key,
-                format!("entry {bad} must be a redis:// or rediss:// URL"),
+                format!("entry {bad} must be a redis:// URL (rediss://, TLS, is not built in)"),
             ));
         }
     }
@@ -1351,10 +1369,12 @@ mod tests {
     #[test]
     fn environment_overrides_storage_urls() {
         let mut config = Config::parse(MINIMAL).expect("valid");
-        config.apply_env(|name| match name {
-            "DATABASE_URL" => Some("postgres://db/x".to_string()),
-            _ => None,
-        });
+        config
+            .apply_env(|name| match name {
+                "DATABASE_URL" => Some("postgres://db/x".to_string()),
+                _ => None,
+            })
+            .expect("applies");
         assert_eq!(config.storage.database_url, "postgres://db/x");
         assert_eq!(
             config.storage.redis_url, "",
@@ -1403,9 +1423,15 @@ mod tests {
             let error = parsed(lines).expect_err(lines).0;
             assert!(error.starts_with(key), "{lines}: {error}");
         }
-        // REDIS_URL picks standalone whatever the file chose.
+        // REDIS_URL replaces a standalone URL, and is refused next to Cluster or Sentinel.
+        let redis_env = |name: &str| (name == "REDIS_URL").then(|| "redis://env:6379".to_string());
         let mut config = cluster;
-        config.apply_env(|name| (name == "REDIS_URL").then(|| "redis://env:6379".to_string()));
+        let error = config
+            .apply_env(redis_env)
+            .expect_err("REDIS_URL with a cluster");
+        assert!(error.0.starts_with("REDIS_URL is set"), "{}", error.0);
+        let mut config = parsed("redis_url = \"redis://file:6379\"").expect("valid");
+        config.apply_env(redis_env).expect("applies");
         assert_eq!(
             config.storage.redis(),
             Some(RedisDeployment::Standalone("redis://env:6379".into()))

@@ -195,7 +195,11 @@ fn script(source: &str) -> Script {
 const CREATE_ATTEMPTS: usize = 32;
 
 pub struct RedisSessionStore {
+    /// Reads and the hot path (`touch`).
     connection: Arc<RedisConnection>,
+    /// Changes that wait for a replica (create, revoke, revoke-all): their own connection, so
+    /// that wait never holds up a request on the other.
+    changes: Arc<RedisConnection>,
     prefix: String,
     /// How long a credential epoch is kept after its last bump.
     epoch_ttl: Duration,
@@ -216,8 +220,15 @@ type Snapshot = Vec<(String, String)>;
 impl RedisSessionStore {
     /// `epoch_ttl` must be at least the absolute session lifetime (see [`super::epoch_ttl`]).
     pub fn new(connection: Arc<RedisConnection>, prefix: &str, epoch_ttl: Duration) -> Self {
+        // A sibling of a connection that was made from the same settings cannot fail; if it
+        // ever did, sharing the one connection is still correct, only slower.
+        let changes = connection
+            .sibling()
+            .map(Arc::new)
+            .unwrap_or_else(|_| connection.clone());
         Self {
             connection,
+            changes,
             prefix: prefix.to_string(),
             epoch_ttl,
             scripts: Scripts {
@@ -286,9 +297,12 @@ fn optional(value: &Option<impl ToString>) -> String {
     value.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
-#[async_trait]
-impl SessionStore for RedisSessionStore {
-    async fn create(
+/// The changes, each tried once; [`SessionStore`] tries a change again when its connection
+/// failed, since that connection may still point at a master that has since failed over (the
+/// hot-path connection notices first). Each change is safe to repeat: the same session id and
+/// token, the same revocation.
+impl RedisSessionStore {
+    async fn create_once(
         &self,
         key: &SessionKey,
         session: &SessionData,
@@ -296,6 +310,11 @@ impl SessionStore for RedisSessionStore {
         cap: SessionCap,
         expected_epoch: u64,
     ) -> Result<Created, StoreError> {
+        debug_assert_eq!(
+            key.tag,
+            SlotTag::of_user(session.user_id),
+            "token tag vs user"
+        );
         let lifetime = session.absolute_expiry_ms - session.created_at_ms;
         let ttl = millis(idle).min(lifetime);
         let fields = [
@@ -314,7 +333,7 @@ impl SessionStore for RedisSessionStore {
         ];
         for _ in 0..CREATE_ATTEMPTS {
             let snapshot = self.snapshot(session.user_id).await?;
-            let mut connection = self.connection.get().await?;
+            let mut connection = self.changes.get().await?;
             let mut invocation = self
                 .scripts
                 .create
@@ -340,12 +359,12 @@ impl SessionStore for RedisSessionStore {
                 invocation.arg(*name).arg(value);
             }
             let reply: Vec<String> = self
-                .connection
+                .changes
                 .call("create", invocation.invoke_async(&mut connection))
                 .await?;
             match reply.split_first() {
                 Some((status, evicted)) if status == "ok" => {
-                    self.connection
+                    self.changes
                         .replicate(&mut connection, &self.session_key(key))
                         .await;
                     return Ok(Created::Ok {
@@ -360,6 +379,94 @@ impl SessionStore for RedisSessionStore {
         Err(unavailable(
             "the user's session index kept changing under concurrent logins".to_string(),
         ))
+    }
+
+    async fn revoke_once(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+        let index = self.user_index_key(user_id);
+        let mut connection = self.changes.get().await?;
+        let hash: Option<String> = self
+            .changes
+            .call("index", connection.hget(&index, session_id.to_string()))
+            .await?;
+        let Some(hash) = hash else {
+            return Ok(false);
+        };
+        let prefix = self.session_prefix(SlotTag::of_user(user_id));
+        let mut invocation = self.scripts.revoke.key(&index);
+        invocation
+            .key(format!("{prefix}{hash}"))
+            .arg(prefix)
+            .arg(session_id.to_string());
+        let ended: i64 = self
+            .changes
+            .call("revoke", invocation.invoke_async(&mut connection))
+            .await?;
+        if ended > 0 {
+            self.changes.replicate(&mut connection, &index).await;
+        }
+        Ok(ended > 0)
+    }
+
+    async fn revoke_all_once(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut snapshot = self.snapshot(user_id).await?;
+        let mut ended_ids = Vec::new();
+        let mut connection = self.changes.get().await?;
+        // The first call bumps the epoch and ends the snapshot; entries it reports missing were
+        // created before the bump and are ended by the second. Anything created after the bump
+        // read the new epoch: a login that began after the revoke, which stands.
+        for bump in [true, false] {
+            let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
+            invocation
+                .key(self.epoch_key(user_id))
+                .arg(self.session_prefix(SlotTag::of_user(user_id)))
+                .arg(optional(&keep))
+                .arg(millis(self.epoch_ttl))
+                .arg(if bump { "1" } else { "0" });
+            self.declare(&mut invocation, user_id, &snapshot);
+            let (ended, missed): (Vec<String>, Vec<String>) = self
+                .changes
+                .call("revoke_all", invocation.invoke_async(&mut connection))
+                .await?;
+            ended_ids.extend(ended.iter().filter_map(|id| id.parse::<Uuid>().ok()));
+            snapshot = missed
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            if snapshot.is_empty() {
+                break;
+            }
+        }
+        self.changes
+            .replicate(&mut connection, &self.user_index_key(user_id))
+            .await;
+        Ok(ended_ids)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(
+        &self,
+        key: &SessionKey,
+        session: &SessionData,
+        idle: Duration,
+        cap: SessionCap,
+        expected_epoch: u64,
+    ) -> Result<Created, StoreError> {
+        match self
+            .create_once(key, session, idle, cap, expected_epoch)
+            .await
+        {
+            Err(StoreError::Unavailable { .. }) => {
+                self.create_once(key, session, idle, cap, expected_epoch)
+                    .await
+            }
+            outcome => outcome,
+        }
     }
 
     async fn touch(
@@ -409,29 +516,10 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
-        let index = self.user_index_key(user_id);
-        let mut connection = self.connection.get().await?;
-        let hash: Option<String> = self
-            .connection
-            .call("index", connection.hget(&index, session_id.to_string()))
-            .await?;
-        let Some(hash) = hash else {
-            return Ok(false);
-        };
-        let prefix = self.session_prefix(SlotTag::of_user(user_id));
-        let mut invocation = self.scripts.revoke.key(&index);
-        invocation
-            .key(format!("{prefix}{hash}"))
-            .arg(prefix)
-            .arg(session_id.to_string());
-        let ended: i64 = self
-            .connection
-            .call("revoke", invocation.invoke_async(&mut connection))
-            .await?;
-        if ended > 0 {
-            self.connection.replicate(&mut connection, &index).await;
+        match self.revoke_once(user_id, session_id).await {
+            Err(StoreError::Unavailable { .. }) => self.revoke_once(user_id, session_id).await,
+            outcome => outcome,
         }
-        Ok(ended > 0)
     }
 
     async fn revoke_all_except(
@@ -439,38 +527,10 @@ impl SessionStore for RedisSessionStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut snapshot = self.snapshot(user_id).await?;
-        let mut ended_ids = Vec::new();
-        let mut connection = self.connection.get().await?;
-        // The first call bumps the epoch and ends the snapshot; entries it reports missing were
-        // created before the bump and are ended by the second. Anything created after the bump
-        // read the new epoch: a login that began after the revoke, which stands.
-        for bump in [true, false] {
-            let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
-            invocation
-                .key(self.epoch_key(user_id))
-                .arg(self.session_prefix(SlotTag::of_user(user_id)))
-                .arg(optional(&keep))
-                .arg(millis(self.epoch_ttl))
-                .arg(if bump { "1" } else { "0" });
-            self.declare(&mut invocation, user_id, &snapshot);
-            let (ended, missed): (Vec<String>, Vec<String>) = self
-                .connection
-                .call("revoke_all", invocation.invoke_async(&mut connection))
-                .await?;
-            ended_ids.extend(ended.iter().filter_map(|id| id.parse::<Uuid>().ok()));
-            snapshot = missed
-                .chunks_exact(2)
-                .map(|pair| (pair[0].clone(), pair[1].clone()))
-                .collect();
-            if snapshot.is_empty() {
-                break;
-            }
+        match self.revoke_all_once(user_id, keep).await {
+            Err(StoreError::Unavailable { .. }) => self.revoke_all_once(user_id, keep).await,
+            outcome => outcome,
         }
-        self.connection
-            .replicate(&mut connection, &self.user_index_key(user_id))
-            .await;
-        Ok(ended_ids)
     }
 
     async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {

@@ -83,10 +83,20 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// A connection in use, and when it was made.
+struct Live {
+    connection: Connection,
+    made_at: Instant,
+}
+
 /// A Redis connection that is made on first use and re-made after failures.
 pub struct RedisConnection {
+    deployment: RedisDeployment,
     connector: Connector,
-    connection: ArcSwapOption<Connection>,
+    connection: ArcSwapOption<Live>,
+    /// Until when changes skip the wait for a replica, because the last wait got no
+    /// acknowledgement (no replica is connected, or it is far behind).
+    replicas_absent_until: std::sync::Mutex<Option<Instant>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
     timeout: Duration,
     /// The long-lived runtime the connection's driver task is spawned on.
@@ -101,6 +111,11 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 /// replica to acknowledge it, on Cluster and Sentinel. Normally well under a millisecond; with
 /// no replica answering, the change stands on the master alone after this long.
 const REPLICA_ACK_WAIT: Duration = Duration::from_millis(100);
+
+/// After a wait for a replica got no acknowledgement, changes do not wait again for this long
+/// (then one probes), so a master left without replicas costs one wait per period, not one
+/// per login.
+const REPLICAS_ABSENT_BACKOFF: Duration = Duration::from_secs(5);
 
 impl RedisConnection {
     pub fn new(
@@ -144,13 +159,26 @@ impl RedisConnection {
             }
         };
         Ok(Self {
+            deployment: deployment.clone(),
             connector,
             connection: ArcSwapOption::empty(),
+            replicas_absent_until: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
             timeout,
             runtime,
             metrics,
         })
+    }
+
+    /// A second, independent connection to the same Redis (for changes that wait for a
+    /// replica, so that wait never holds up the requests on this one).
+    pub fn sibling(&self) -> Result<Self, redis::RedisError> {
+        Self::new(
+            &self.deployment,
+            self.timeout,
+            self.runtime.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// What kind of Redis this is, for logs.
@@ -163,12 +191,12 @@ impl RedisConnection {
     }
 
     pub async fn get(&self) -> Result<Connection, StoreError> {
-        if let Some(connection) = self.connection.load_full() {
-            return Ok((*connection).clone());
+        if let Some(live) = self.connection.load_full() {
+            return Ok(live.connection.clone());
         }
         let mut last_failure = self.connecting.lock().await;
-        if let Some(connection) = self.connection.load_full() {
-            return Ok((*connection).clone());
+        if let Some(live) = self.connection.load_full() {
+            return Ok(live.connection.clone());
         }
         if last_failure.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
             return Err(unavailable("not connected (retrying shortly)".to_string()));
@@ -177,7 +205,10 @@ impl RedisConnection {
         let error = match outcome {
             Ok(Ok(connection)) => {
                 *last_failure = None;
-                self.connection.store(Some(Arc::new(connection.clone())));
+                self.connection.store(Some(Arc::new(Live {
+                    connection: connection.clone(),
+                    made_at: Instant::now(),
+                })));
                 tracing::info!(deployment = self.deployment(), "connected to redis");
                 return Ok(connection);
             }
@@ -249,18 +280,38 @@ impl RedisConnection {
         if matches!(self.connector, Connector::Standalone(_)) {
             return;
         }
+        {
+            let absent = self
+                .replicas_absent_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if absent.is_some_and(|until| Instant::now() < until) {
+                return;
+            }
+        }
         let wait_ms = u64::try_from(REPLICA_ACK_WAIT.as_millis()).unwrap_or(100);
         let mut pipe = redis::pipe();
         pipe.exists(key).ignore().cmd("WAIT").arg(1).arg(wait_ms);
         let acked: redis::RedisResult<(i64,)> = pipe.query_async(connection).await;
-        match acked {
-            Ok((replicas,)) if replicas >= 1 => {}
-            Ok(_) => tracing::warn!(
-                wait_ms,
-                "no redis replica acknowledged a session change in time: it would not survive a failover of its master now"
-            ),
-            Err(error) => tracing::warn!(%error, "redis WAIT for a replica failed"),
-        }
+        let absent = match acked {
+            Ok((replicas,)) if replicas >= 1 => None,
+            Ok(_) => {
+                tracing::warn!(
+                    wait_ms,
+                    "no redis replica acknowledged a session change in time: it would not \
+                     survive a failover of its master now; not waiting again for 5 s"
+                );
+                Some(Instant::now() + REPLICAS_ABSENT_BACKOFF)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "redis WAIT for a replica failed");
+                Some(Instant::now() + REPLICAS_ABSENT_BACKOFF)
+            }
+        };
+        *self
+            .replicas_absent_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = absent;
     }
 
     /// Runs one Redis call with the timeout, metrics and error mapping every call shares.
@@ -269,18 +320,29 @@ impl RedisConnection {
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(unavailable(error.to_string())),
-            Err(_) => Err(unavailable("no answer in time".to_string())),
+        let (result, connection_failed) = match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => (Ok(value), false),
+            Ok(Err(error)) => {
+                let connection_failed = error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.kind() == redis::ErrorKind::ReadOnly;
+                (Err(unavailable(error.to_string())), connection_failed)
+            }
+            Err(_) => (Err(unavailable("no answer in time".to_string())), true),
         };
         self.metrics
             .store_call(Store::Redis, operation, started.elapsed(), result.is_ok());
         if let Err(StoreError::Unavailable { detail, .. }) = &result {
             tracing::warn!(operation, error = %detail, "redis call failed");
-            if matches!(self.connector, Connector::Sentinel(_)) {
-                // The master may have moved: ask the sentinels again on the next call.
-                self.connection.store(None);
+            if connection_failed && matches!(self.connector, Connector::Sentinel(_)) {
+                // The master may have moved: ask the sentinels again on the next call. A
+                // connection made after this call began is not the one that failed.
+                let current = self.connection.load_full();
+                if current.as_ref().is_some_and(|live| live.made_at <= started) {
+                    self.connection.compare_and_swap(&current, None);
+                }
             }
         }
         result

@@ -68,6 +68,16 @@ if attempts > tonumber(ARGV[2]) then return left end
 return 0
 "#;
 
+/// Whether an IP is already over its budget, without counting. KEYS[1] the IP's counter; ARGV
+/// max per IP, window ms. Returns 0 if the next attempt may be counted, else the ms left.
+const PEEK_SCRIPT: &str = r#"
+local attempts = tonumber(redis.call('GET', KEYS[1]) or '0')
+if attempts < tonumber(ARGV[1]) then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then left = tonumber(ARGV[2]) end
+return left
+"#;
+
 /// A check left in flight by a crashed process stops counting after this long.
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
 /// How often a waiting attempt asks again.
@@ -82,6 +92,7 @@ pub struct RedisLoginGuard {
     begin: Script,
     finish: Script,
     count: Script,
+    peek: Script,
     /// How long an attempt may wait for its turn (the password pool's queue timeout).
     max_wait: Duration,
 }
@@ -100,6 +111,7 @@ impl RedisLoginGuard {
             begin: Script::new(BEGIN_SCRIPT),
             finish: Script::new(FINISH_SCRIPT),
             count: Script::new(COUNT_SCRIPT),
+            peek: Script::new(PEEK_SCRIPT),
             max_wait,
         }
     }
@@ -151,6 +163,44 @@ impl LoginGuard for RedisLoginGuard {
     }
 
     async fn begin(&self, email: &str, ip: IpAddr) -> Result<Option<Refusal>, StoreError> {
+        // An address already over its budget is refused before it touches the account's
+        // counters (it must not crowd out the account's own attempts). The IP's counter lives
+        // in another slot than the account's keys, so the steps are: peek at the IP, reserve
+        // the account check, count the IP (giving the reservation back if that refuses, e.g.
+        // when concurrent attempts from the address used the last places meanwhile).
+        let mut peek = self.peek.key(self.ip_key(ip));
+        peek.arg(self.config.load().max_attempts_per_ip)
+            .arg(millis(self.config.load().window));
+        let over_ms: i64 = self.run("login_ip", peek).await?;
+        if over_ms > 0 {
+            // A locked account says so first, and is not counted against the address (as
+            // when the address is within its budget).
+            let mut connection = self.connection.get().await?;
+            let locked_ms: i64 = self
+                .connection
+                .call(
+                    "login_begin",
+                    redis::cmd("PTTL")
+                        .arg(self.account_key("lock", email))
+                        .query_async(&mut connection),
+                )
+                .await?;
+            if locked_ms > 0 {
+                let wait = Duration::from_millis(u64::try_from(locked_ms).unwrap_or(0));
+                return Ok(Some(Refusal::AccountLocked(wait)));
+            }
+            // Still counted, as every attempt is (the window's count says how hard it tried).
+            let counted = self
+                .count(
+                    "login_ip",
+                    self.ip_key(ip),
+                    self.config.load().max_attempts_per_ip,
+                )
+                .await?;
+            let wait = counted
+                .unwrap_or_else(|| Duration::from_millis(u64::try_from(over_ms).unwrap_or(0)));
+            return Ok(Some(Refusal::TooManyFromIp(wait)));
+        }
         let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
             let mut invocation = self.begin.key(self.account_key("lock", email));
@@ -170,9 +220,6 @@ impl LoginGuard for RedisLoginGuard {
                 _ => break,
             }
         }
-        // The account check is reserved; the IP's counter lives in another slot, so it is
-        // counted in a second step, and the reservation is given back if the IP is refused
-        // (or the count fails; a reservation left behind lapses after IN_FLIGHT_TTL).
         let counted = self
             .count(
                 "login_ip",
@@ -183,7 +230,9 @@ impl LoginGuard for RedisLoginGuard {
         match counted {
             Ok(None) => Ok(None),
             Ok(Some(wait)) => {
-                self.finish(email, Outcome::Undecided).await?;
+                // Best effort: a reservation that cannot be given back stops counting
+                // IN_FLIGHT_TTL after the account's last attempt.
+                let _ = self.finish(email, Outcome::Undecided).await;
                 Ok(Some(Refusal::TooManyFromIp(wait)))
             }
             Err(error) => {
