@@ -160,6 +160,7 @@ pub struct Metrics {
     active_sessions: IntGauge,
     session_anomalies: IntCounterVec,
     write_behind_dropped: IntCounter,
+    replica_unacknowledged: IntCounter,
     connections_refused: IntCounterVec,
     open_connections: IntGauge,
     config_reloads: IntCounterVec,
@@ -324,6 +325,10 @@ impl Metrics {
             "authgate_write_behind_dropped_total",
             "Audit/session records dropped because the write-behind queue was full.",
         )?;
+        let replica_unacknowledged = IntCounter::new(
+            "authgate_redis_replica_unacknowledged_total",
+            "Session changes (logins, logouts, revocations) on Redis Cluster or Sentinel that no replica acknowledged before they were answered: they would not survive a failover of their master.",
+        )?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
                 "authgate_connections_refused_total",
@@ -392,6 +397,7 @@ impl Metrics {
             Box::new(active_sessions.clone()),
             Box::new(session_anomalies.clone()),
             Box::new(write_behind_dropped.clone()),
+            Box::new(replica_unacknowledged.clone()),
             Box::new(connections_refused.clone()),
             Box::new(open_connections.clone()),
             Box::new(config_reloads.clone()),
@@ -426,6 +432,7 @@ impl Metrics {
             active_sessions,
             session_anomalies,
             write_behind_dropped,
+            replica_unacknowledged,
             connections_refused,
             open_connections,
             config_reloads,
@@ -570,6 +577,10 @@ impl Metrics {
 
     pub fn write_behind_dropped(&self) {
         self.write_behind_dropped.inc();
+    }
+
+    pub fn replica_unacknowledged(&self) {
+        self.replica_unacknowledged.inc();
     }
 
     pub fn connection_refused(&self, reason: ConnectionRefusal) {

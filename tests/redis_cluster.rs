@@ -407,6 +407,11 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
     assert_eq!(status_of(&first, &user.token).await, 401);
 
     group.replica_caught_up().await;
+    // With a replica there, every change so far was acknowledged by it.
+    assert_eq!(
+        unacknowledged(&first).await + unacknowledged(&second).await,
+        0.0
+    );
     let gone = tokens.remove(0);
     let stop = AtomicBool::new(false);
     let traffic = keep_asking(&instances, tokens.clone(), ended.clone(), &stop);
@@ -430,8 +435,21 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
         Some(group.replica.port),
         "the sentinels promoted the replica (old master {old_master})"
     );
+    // The promoted master has no replica left: logins still work, and are counted as changes
+    // no replica acknowledged.
     let (more, _) = sessions_through(&instances, 2).await;
     for token in &more {
         assert_eq!(status_of(&first, token).await, 200);
     }
+    assert!(unacknowledged(&first).await >= 1.0);
+}
+
+/// `authgate_redis_replica_unacknowledged_total` of an instance.
+async fn unacknowledged(gateway: &Gateway) -> f64 {
+    let metrics = gateway.metrics().await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("authgate_redis_replica_unacknowledged_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no authgate_redis_replica_unacknowledged_total in:\n{metrics}"))
 }

@@ -286,13 +286,27 @@ impl RedisConnection {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if absent.is_some_and(|until| Instant::now() < until) {
+                self.metrics.replica_unacknowledged();
                 return;
             }
         }
         let wait_ms = u64::try_from(REPLICA_ACK_WAIT.as_millis()).unwrap_or(100);
         let mut pipe = redis::pipe();
         pipe.exists(key).ignore().cmd("WAIT").arg(1).arg(wait_ms);
-        let acked: redis::RedisResult<(i64,)> = pipe.query_async(connection).await;
+        let acked: redis::RedisResult<(i64,)> = tokio::time::timeout(
+            self.timeout + REPLICA_ACK_WAIT,
+            pipe.query_async(connection),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "no answer to WAIT in time",
+            )))
+        });
+        if !matches!(acked, Ok((replicas,)) if replicas >= 1) {
+            self.metrics.replica_unacknowledged();
+        }
         let absent = match acked {
             Ok((replicas,)) if replicas >= 1 => None,
             Ok(_) => {

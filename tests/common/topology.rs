@@ -420,11 +420,9 @@ impl RedisSentinels {
     async fn wait_until_watching(&self) {
         let deadline = Instant::now() + FORM_TIMEOUT;
         loop {
-            let mut ready = self
-                .master
-                .info("replication")
-                .await
-                .contains("connected_slaves:1");
+            let replication = self.master.info("replication").await;
+            let mut ready =
+                replication.contains("connected_slaves:1") && replication.contains("state=online");
             for sentinel in &self.sentinels {
                 let mut connection = sentinel.connection().await;
                 let status: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
