@@ -229,94 +229,116 @@ async fn on_a_cluster_the_per_user_cap_holds_across_instances_under_concurrent_l
     }
 }
 
-/// Requests every token on every instance, round after round, from `killed` on, checking each
-/// answer: a live session gets 200 or 503 + `Retry-After`, an ended one 401 or 503. Returns
-/// how long after `killed` the first round in which every live session got 200 ended.
+type Answers = std::collections::BTreeMap<u16, usize>;
+
+/// One round: every token on every instance, each answer checked. A live session gets 200 or
+/// 503 + `Retry-After`, an ended one 401 or 503. Counts the live sessions' answers by status;
+/// returns whether every live session got 200.
+async fn ask_round(
+    instances: &[&Gateway],
+    live: &[String],
+    ended: &[String],
+    answers: &mut Answers,
+) -> bool {
+    let mut all_served = true;
+    for instance in instances {
+        for token in live {
+            let response = instance.get("/app", Some(token)).await;
+            let status = response.status().as_u16();
+            *answers.entry(status).or_default() += 1;
+            match status {
+                200 => {}
+                503 => {
+                    assert!(
+                        header(&response, "retry-after").is_some(),
+                        "503 without Retry-After"
+                    );
+                    all_served = false;
+                }
+                other => panic!(
+                    "a live session (token {}…, sha256 {}) got {other} during the failover \
+                     (answers so far {answers:?}): {}",
+                    &token[..8],
+                    sha256_hex(token),
+                    response.text().await.unwrap_or_default()
+                ),
+            }
+        }
+        for token in ended {
+            let status = status_of(instance, token).await;
+            assert!(
+                status == 401 || status == 503,
+                "an ended session got {status} during the failover"
+            );
+        }
+    }
+    all_served
+}
+
+/// Rounds of [`ask_round`] from `killed` on, until one in which every live session got 200;
+/// returns how long after `killed` that round ended.
 async fn until_healed(
     instances: &[&Gateway],
     live: &[String],
     ended: &[String],
     killed: Instant,
 ) -> Duration {
-    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-    loop {
-        let mut all_served = true;
-        for instance in instances {
-            for token in live {
-                let response = instance.get("/app", Some(token)).await;
-                let status = response.status().as_u16();
-                *answers.entry(status).or_default() += 1;
-                match status {
-                    200 => {}
-                    503 => {
-                        assert!(
-                            header(&response, "retry-after").is_some(),
-                            "503 without Retry-After"
-                        );
-                        all_served = false;
-                    }
-                    other => panic!(
-                        "a live session (token {}…, sha256 {}) got {other} during the failover \
-                         ({:?} after the kill; answers so far {answers:?}): {}",
-                        &token[..8],
-                        sha256_hex(token),
-                        killed.elapsed(),
-                        response.text().await.unwrap_or_default()
-                    ),
-                }
-            }
-            for token in ended {
-                let status = status_of(instance, token).await;
-                assert!(
-                    status == 401 || status == 503,
-                    "an ended session got {status} during the failover"
-                );
-            }
-        }
-        if all_served {
-            let healed = killed.elapsed();
-            println!("healed {healed:?} after the kill; answers {answers:?}");
-            return healed;
-        }
+    let mut answers = Answers::new();
+    while !ask_round(instances, live, ended, &mut answers).await {
         assert!(
             killed.elapsed() < HEAL_WITHIN,
             "sessions not all served {HEAL_WITHIN:?} after the kill; answers {answers:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let healed = killed.elapsed();
+    println!("healed {healed:?} after the kill; answers {answers:?}");
+    healed
 }
 
-/// Asks for every session on every instance, round after round, until `stop`: the traffic
-/// that runs through a failover. A session live throughout gets only 200 or 503 +
-/// `Retry-After`; an ended one only 401 or 503. Returns the answers counted by status.
+/// Rounds of [`ask_round`] until `stop`: the traffic that runs through a failover. Returns
+/// the answers counted by status.
 async fn keep_asking(
     instances: &[&Gateway],
     live: Vec<String>,
     ended: Vec<String>,
     stop: &AtomicBool,
-) -> std::collections::BTreeMap<u16, usize> {
-    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+) -> Answers {
+    let mut answers = Answers::new();
     while !stop.load(Ordering::Acquire) {
-        for instance in instances {
-            for token in &live {
-                let response = instance.get("/app", Some(token)).await;
-                let status = response.status().as_u16();
-                *answers.entry(status).or_default() += 1;
-                assert!(
-                    status == 200 || (status == 503 && header(&response, "retry-after").is_some()),
-                    "a live session got {status} during the failover (answers {answers:?})"
-                );
-            }
-            for token in &ended {
-                let status = status_of(instance, token).await;
-                assert!(
-                    status == 401 || status == 503,
-                    "an ended session got {status} during the failover"
-                );
-            }
-        }
+        ask_round(instances, &live, &ended, &mut answers).await;
     }
     answers
+}
+
+/// The failover both tests run, with traffic on `live` and `ended` throughout. Right before
+/// `kill`, `gone` is logged out through the second instance and `user` signs in again through
+/// the first: both changes must survive the kill (the gateway waits for a replica to
+/// acknowledge them). Then until every live session, the new one too, is served again, which
+/// must take less than [`HEAL_WITHIN`].
+async fn fail_over(
+    instances: &[&Gateway; 2],
+    mut live: Vec<String>,
+    mut ended: Vec<String>,
+    gone: String,
+    user: &SignedIn,
+    kill: impl FnOnce(),
+) {
+    let stop = AtomicBool::new(false);
+    let traffic = keep_asking(instances, live.clone(), ended.clone(), &stop);
+    let failover = async {
+        assert_eq!(instances[1].logout(Some(&gone)).await.status(), 204);
+        ended.push(gone);
+        live.push(instances[0].login(&user.email, &user.password).await);
+        let killed = Instant::now();
+        kill();
+        let healed = until_healed(instances, &live, &ended, killed).await;
+        stop.store(true, Ordering::Release);
+        healed
+    };
+    let (healed, asked) = futures::join!(failover, traffic);
+    println!("traffic during the failover: {asked:?}");
+    assert!(healed < HEAL_WITHIN);
 }
 
 /// Sessions for `count` users made alternately through the instances, and one ended session.
@@ -351,31 +373,18 @@ async fn a_cluster_master_killed_during_traffic_fails_over_without_a_wrong_answe
     )
     .await;
     let instances = [&first, &second];
-    let (mut tokens, mut ended) = sessions_through(&instances, 12).await;
+    let (tokens, ended) = sessions_through(&instances, 12).await;
     // The master that dies holds the slot of a user who signs out and in again right before.
     let late = first.signed_in_user().await;
     let tag = authgate::session::SlotTag::of_user(late.id.parse().unwrap());
     let victim = cluster.master_of(&format!("{{{}}}", tag.as_str())).await;
     until_healed(&instances, &tokens, &ended, Instant::now()).await;
     cluster.replicas_caught_up().await;
-    // Traffic on every session keeps running through the kill and the heal.
-    let stop = AtomicBool::new(false);
-    let traffic = keep_asking(&instances, tokens.clone(), ended.clone(), &stop);
-    let failover = async {
-        // Changes answered right before the kill survive it: a logout stays a logout and a
-        // new session stays (the gateway waits for a replica to acknowledge them).
-        assert_eq!(second.logout(Some(&late.token)).await.status(), 204);
-        ended.push(late.token.clone());
-        tokens.push(first.login(&late.email, &late.password).await);
-        let killed = Instant::now();
-        cluster.nodes[victim].kill();
-        let healed = until_healed(&instances, &tokens, &ended, killed).await;
-        stop.store(true, Ordering::Release);
-        healed
-    };
-    let (healed, asked) = futures::join!(failover, traffic);
-    println!("traffic during the failover: {asked:?}");
-    assert!(healed < HEAL_WITHIN);
+    let gone = late.token.clone();
+    fail_over(&instances, tokens, ended, gone, &late, || {
+        cluster.nodes[victim].kill()
+    })
+    .await;
     // New logins and revocations work on the healed cluster.
     let (more, _) = sessions_through(&instances, 2).await;
     for token in &more {
@@ -400,7 +409,7 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
     )
     .await;
     let instances = [&first, &second];
-    let (mut tokens, mut ended) = sessions_through(&instances, 6).await;
+    let (mut tokens, ended) = sessions_through(&instances, 6).await;
     // A revocation through one instance is refused by the other.
     let user = first.signed_in_user().await;
     assert_eq!(second.logout(Some(&user.token)).await.status(), 204);
@@ -409,23 +418,11 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
     group.replica_caught_up().await;
     let unacknowledged_before = unacknowledged(&first).await;
     let gone = tokens.remove(0);
-    let stop = AtomicBool::new(false);
-    let traffic = keep_asking(&instances, tokens.clone(), ended.clone(), &stop);
     let old_master = group.master.port;
-    let failover = async {
-        // Changes answered right before the kill survive it (see the cluster test).
-        assert_eq!(first.logout(Some(&gone)).await.status(), 204);
-        ended.push(gone);
-        tokens.push(second.login(&user.email, &user.password).await);
-        let killed = Instant::now();
-        group.master.kill();
-        let healed = until_healed(&instances, &tokens, &ended, killed).await;
-        stop.store(true, Ordering::Release);
-        healed
-    };
-    let (healed, asked) = futures::join!(failover, traffic);
-    println!("traffic during the failover: {asked:?}");
-    assert!(healed < HEAL_WITHIN);
+    fail_over(&instances, tokens, ended, gone, &user, || {
+        group.master.kill()
+    })
+    .await;
     assert_eq!(
         group.current_master_port().await,
         Some(group.replica.port),
