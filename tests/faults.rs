@@ -57,6 +57,16 @@ fn client() -> reqwest::Client {
 }
 
 /// A 503 with a JSON error and a `Retry-After` of at least one second.
+/// A sign-in a store outage must refuse: 503 with `Retry-After`, and no session cookie.
+async fn assert_sign_in_unavailable(gateway: &Gateway, user: &SignedIn, outage: &str) {
+    let login = login_attempt(gateway, &user.email, &user.password).await;
+    assert!(
+        session_cookie(&login).is_none(),
+        "a login set a cookie ({outage})"
+    );
+    assert_unavailable(&format!("POST /auth/login, {outage}"), login).await;
+}
+
 async fn assert_unavailable(what: &str, response: reqwest::Response) {
     let retry_after = header(&response, "retry-after").map(str::to_string);
     let error = assert_json_error_status(response, 503).await;
@@ -544,18 +554,7 @@ async fn redis_killed_during_traffic_fails_closed_and_recovers_without_a_gateway
         "a browser navigation with a live session, Redis dead"
     );
     // ... sign-in cannot be checked against the brute-force counters: refused, not waved through
-    let login = gateway
-        .post_json(
-            "/auth/login",
-            &json!({"email": user.email, "password": user.password}),
-            None,
-        )
-        .await;
-    assert!(
-        session_cookie(&login).is_none(),
-        "a login set a cookie with Redis dead"
-    );
-    assert_unavailable("POST /auth/login, Redis dead", login).await;
+    assert_sign_in_unavailable(&gateway, &user, "Redis dead").await;
     // ... while public routes and the process itself are fine.
     for n in 0..5 {
         let public = gateway.get(&format!("/public/during-{n}"), None).await;
@@ -755,18 +754,7 @@ async fn postgres_stopped_keeps_sessions_refuses_sign_in_with_503_and_recovers()
     assert_eq!(gateway.admin_get("/healthz").await.status(), 200);
 
     // Signing in and up needs the database: a clear 503, no cookie.
-    let login = gateway
-        .post_json(
-            "/auth/login",
-            &json!({"email": user.email, "password": user.password}),
-            None,
-        )
-        .await;
-    assert!(
-        session_cookie(&login).is_none(),
-        "a login set a cookie without Postgres"
-    );
-    assert_unavailable("POST /auth/login, Postgres stopped", login).await;
+    assert_sign_in_unavailable(&gateway, &user, "Postgres stopped").await;
     let new_email = unique_email();
     let new_password = strong_password();
     let register = gateway

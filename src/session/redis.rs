@@ -293,6 +293,18 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Runs a change, and once more if Redis was unavailable (see the `_once` methods).
+async fn once_more<T, F, Fut>(attempt: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match attempt().await {
+        Err(StoreError::Unavailable { .. }) => attempt().await,
+        outcome => outcome,
+    }
+}
+
 fn optional(value: &Option<impl ToString>) -> String {
     value.as_ref().map(ToString::to_string).unwrap_or_default()
 }
@@ -457,16 +469,7 @@ impl SessionStore for RedisSessionStore {
         cap: SessionCap,
         expected_epoch: u64,
     ) -> Result<Created, StoreError> {
-        match self
-            .create_once(key, session, idle, cap, expected_epoch)
-            .await
-        {
-            Err(StoreError::Unavailable { .. }) => {
-                self.create_once(key, session, idle, cap, expected_epoch)
-                    .await
-            }
-            outcome => outcome,
-        }
+        once_more(|| self.create_once(key, session, idle, cap, expected_epoch)).await
     }
 
     async fn touch(
@@ -516,10 +519,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
-        match self.revoke_once(user_id, session_id).await {
-            Err(StoreError::Unavailable { .. }) => self.revoke_once(user_id, session_id).await,
-            outcome => outcome,
-        }
+        once_more(|| self.revoke_once(user_id, session_id)).await
     }
 
     async fn revoke_all_except(
@@ -527,10 +527,7 @@ impl SessionStore for RedisSessionStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        match self.revoke_all_once(user_id, keep).await {
-            Err(StoreError::Unavailable { .. }) => self.revoke_all_once(user_id, keep).await,
-            outcome => outcome,
-        }
+        once_more(|| self.revoke_all_once(user_id, keep)).await
     }
 
     async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {
