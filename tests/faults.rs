@@ -897,19 +897,12 @@ struct AnsweredLogin {
 async fn every_login_answered_before_a_sigkill_is_durable() {
     const USERS: usize = 8;
     const ANSWERED_BEFORE_KILL: usize = 40;
-    let options = GatewayOptions::new()
+    let gateway = GatewayOptions::new()
         .login_protection(5, "15m", "15m", 100_000)
-        .max_sessions_per_user(10_000, "evict_oldest");
-    let gateway = Gateway::start_with_edited(options, |text| {
-        let anchor = "[login_protection]\n";
-        assert!(text.contains(anchor), "no [login_protection] in\n{text}");
-        text.replacen(
-            anchor,
-            &format!("{anchor}max_registrations_per_ip = 10000\n"),
-            1,
-        )
-    })
-    .await;
+        .max_registrations_per_ip(10_000)
+        .max_sessions_per_user(10_000, "evict_oldest")
+        .start()
+        .await;
     let mut users = Vec::new();
     for _ in 0..USERS {
         let (email, password) = (unique_email(), strong_password());

@@ -50,14 +50,6 @@ async fn two_instances(
     (first, second)
 }
 
-/// Many sign-ups from one test address: more than the default per-address budget.
-fn many_sign_ups(text: String) -> String {
-    text.replace(
-        "[password]",
-        "[login_protection]\nmax_registrations_per_ip = 1000\n\n[password]",
-    )
-}
-
 async fn status_of(gateway: &Gateway, token: &str) -> u16 {
     gateway.get("/app", Some(token)).await.status().as_u16()
 }
@@ -362,16 +354,17 @@ async fn a_cluster_master_killed_during_traffic_fails_over_without_a_wrong_answe
         return;
     }
     let mut cluster = RedisCluster::start().await;
-    let first =
-        Gateway::start_with_edited(GatewayOptions::new().redis_cluster(&cluster), many_sign_ups)
-            .await;
-    let second = Gateway::start_with_edited(
-        GatewayOptions::new()
-            .sharing_stores_with(&first)
-            .redis_cluster(&cluster),
-        many_sign_ups,
-    )
-    .await;
+    let first = GatewayOptions::new()
+        .max_registrations_per_ip(1000)
+        .redis_cluster(&cluster)
+        .start()
+        .await;
+    let second = GatewayOptions::new()
+        .max_registrations_per_ip(1000)
+        .sharing_stores_with(&first)
+        .redis_cluster(&cluster)
+        .start()
+        .await;
     let instances = [&first, &second];
     let (tokens, ended) = sessions_through(&instances, 12).await;
     // The master that dies holds the slot of a user who signs out and in again right before.
@@ -398,16 +391,17 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
         return;
     }
     let mut group = RedisSentinels::start().await;
-    let first =
-        Gateway::start_with_edited(GatewayOptions::new().redis_sentinels(&group), many_sign_ups)
-            .await;
-    let second = Gateway::start_with_edited(
-        GatewayOptions::new()
-            .sharing_stores_with(&first)
-            .redis_sentinels(&group),
-        many_sign_ups,
-    )
-    .await;
+    let first = GatewayOptions::new()
+        .max_registrations_per_ip(1000)
+        .redis_sentinels(&group)
+        .start()
+        .await;
+    let second = GatewayOptions::new()
+        .max_registrations_per_ip(1000)
+        .sharing_stores_with(&first)
+        .redis_sentinels(&group)
+        .start()
+        .await;
     let instances = [&first, &second];
     let (mut tokens, ended) = sessions_through(&instances, 6).await;
     // A revocation through one instance is refused by the other.

@@ -415,34 +415,10 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// Every key of this gateway with its PTTL. Matches the prefix's random part anywhere in the
-/// name, so the check holds whatever layout the keys take around it (hash tags included).
+/// Every key of this gateway (under its prefix: the hash tags come after it) with its PTTL.
 async fn redis_keys_and_ttls(redis_url: &str, prefix: &str) -> Vec<(String, i64)> {
-    let client = redis::Client::open(redis_url)
-        .unwrap_or_else(|e| panic!("invalid Redis URL {redis_url}: {e}"));
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach Redis at {redis_url}: {e}"));
-    let pattern = format!("*{}*", prefix.trim_end_matches(':'));
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .expect("SCAN");
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = redis_keys(redis_url, prefix).await;
+    let mut conn = connect_redis(redis_url).await;
     let mut out = Vec::new();
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL")
@@ -506,23 +482,12 @@ async fn mixed_traffic_for_a_while_gets_only_expected_statuses_flat_memory_and_n
     // Per-IP budgets off the table: every worker comes from 127.0.0.1, and a 429 here would
     // be a budget, not a fault.
     let gateway = Arc::new(
-        Gateway::start_with_edited(
-            GatewayOptions::new()
-                .rate_limit(100_000, 100_000)
-                .login_protection(5, "15m", "15m", 100_000_000),
-            |text| {
-                let line = "max_attempts_per_ip = 100000000\n";
-                assert!(
-                    text.contains(line),
-                    "no {line:?} in the rendered config:\n{text}"
-                );
-                text.replace(
-                    line,
-                    &format!("{line}max_registrations_per_ip = 100000000\n"),
-                )
-            },
-        )
-        .await,
+        GatewayOptions::new()
+            .rate_limit(100_000, 100_000)
+            .login_protection(5, "15m", "15m", 100_000_000)
+            .max_registrations_per_ip(100_000_000)
+            .start()
+            .await,
     );
     let pid = gateway.pid();
     let rss_bound_kib = RSS_GROWTH_BOUND_KIB

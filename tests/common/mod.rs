@@ -215,7 +215,7 @@ async fn connect_postgres(url: &str) -> sqlx::PgConnection {
     }
 }
 
-async fn connect_redis(url: &str) -> redis::aio::MultiplexedConnection {
+pub async fn connect_redis(url: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(url)
         .unwrap_or_else(|e| panic!("invalid Redis URL {url}: {e} (AUTHGATE_TEST_REDIS_URL)"));
     match tokio::time::timeout(
@@ -796,6 +796,8 @@ pub struct GatewayOptions {
     pub trusted_proxies: Vec<String>,
     /// `[login_protection]`, when set.
     pub login_protection: Option<LoginProtection>,
+    /// `login_protection.max_registrations_per_ip`, when set.
+    pub max_registrations_per_ip: Option<u32>,
     /// `geoip.database` (path to a .mmdb), when set.
     pub geoip_database: Option<String>,
     /// `geoip.country_header` (e.g. "CF-IPCountry"), when set.
@@ -845,6 +847,7 @@ impl Default for GatewayOptions {
             shared_stores: None,
             trusted_proxies: Vec::new(),
             login_protection: None,
+            max_registrations_per_ip: None,
             geoip_database: None,
             geoip_country_header: None,
             wait_for_ready: true,
@@ -974,6 +977,13 @@ impl GatewayOptions {
         self
     }
 
+    /// `login_protection.max_registrations_per_ip`: room for a test's many sign-ups from
+    /// 127.0.0.1 (the default is 10 per window).
+    pub fn max_registrations_per_ip(mut self, budget: u32) -> Self {
+        self.max_registrations_per_ip = Some(budget);
+        self
+    }
+
     pub fn session_setting(mut self, line: &str) -> Self {
         self.session_extra.push(line.into());
         self
@@ -1090,14 +1100,21 @@ impl GatewayOptions {
             "[rate_limit]\nrequests_per_second = {}\nburst = {}\n\n",
             self.requests_per_second, self.burst
         ));
-        if let Some(protection) = &self.login_protection {
-            out.push_str(&format!(
-                "[login_protection]\nmax_failures = {}\nwindow = {}\nlockout = {}\nmax_attempts_per_ip = {}\n\n",
-                protection.max_failures,
-                toml_string(&protection.window),
-                toml_string(&protection.lockout),
-                protection.max_attempts_per_ip,
-            ));
+        if self.login_protection.is_some() || self.max_registrations_per_ip.is_some() {
+            out.push_str("[login_protection]\n");
+            if let Some(protection) = &self.login_protection {
+                out.push_str(&format!(
+                    "max_failures = {}\nwindow = {}\nlockout = {}\nmax_attempts_per_ip = {}\n",
+                    protection.max_failures,
+                    toml_string(&protection.window),
+                    toml_string(&protection.lockout),
+                    protection.max_attempts_per_ip,
+                ));
+            }
+            if let Some(budget) = self.max_registrations_per_ip {
+                out.push_str(&format!("max_registrations_per_ip = {budget}\n"));
+            }
+            out.push('\n');
         }
         if self.geoip_database.is_some() || self.geoip_country_header.is_some() {
             out.push_str("[geoip]\n");
