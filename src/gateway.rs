@@ -531,9 +531,12 @@ impl Gateway {
             Ok(Lookup::Valid {
                 token,
                 session: live,
+                refresh_cookie,
             }) => {
                 self.metrics.decision(Decision::Allowed);
-                ctx.set_cookie = Some(self.sessions.refresh_cookie(&token, &live));
+                if refresh_cookie {
+                    ctx.set_cookie = Some(self.sessions.refresh_cookie(&token, &live));
+                }
                 ctx.identity = Some(live.data);
                 Ok(false)
             }

@@ -56,6 +56,11 @@ impl SlotTag {
             .then_some(SlotTag(bytes))
     }
 
+    /// Which of `buckets` buckets this tag falls in (spread evenly: the digits are a hash).
+    pub fn bucket(&self, buckets: usize) -> usize {
+        u32::from_be_bytes(self.0) as usize % buckets.max(1)
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ever built from hex digits.
         std::str::from_utf8(&self.0).unwrap_or("0000")

@@ -1,7 +1,8 @@
 //! Password hashing on a bounded pool, off the proxy's event loop.
 //!
 //! bcrypt is deliberately slow (tens to hundreds of milliseconds at production cost). Each hash
-//! or verify runs as a blocking task on the long-lived background runtime, and a semaphore caps
+//! or verify runs as a blocking task on a runtime of its own (lower OS priority than the proxy,
+//! see `server.rs`), and a semaphore caps
 //! how many run at once, so a login storm queues here instead of starving proxied traffic. A
 //! caller that waits longer than `hash_queue_timeout` for a slot gets [`HashError::Busy`] (503).
 //!

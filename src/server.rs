@@ -3,9 +3,9 @@
 //!
 //! Store clients (the sqlx pool, the Redis connection manager) spawn background tasks on the
 //! runtime that creates them, and die with it. They are therefore created on one dedicated
-//! "background" runtime that lives as long as the process; the same runtime runs bcrypt (on
-//! its blocking pool), migrations, upstream health checks and housekeeping. Pingora's own
-//! per-service runtimes only run request handling.
+//! "background" runtime that lives as long as the process; the same runtime runs migrations,
+//! upstream health checks and housekeeping. bcrypt has a runtime of its own, at a lower OS
+//! priority. Pingora's own per-service runtimes only run request handling.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use pingora::services::listening::Service;
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::csrf::CsrfPolicy;
 use crate::auth::{AuthApi, Pages};
-use crate::config::Config;
+use crate::config::{Config, RedisDeployment};
 use crate::connections::{ConnectionGuard, ConnectionLimits};
 use crate::demo::DemoApp;
 use crate::gateway::Gateway;
@@ -36,10 +36,12 @@ use crate::reload::Reloader;
 use crate::respond::Responder;
 use crate::routes::RouteTable;
 use crate::session::activity::ActivityTracker;
+use crate::session::cache::SessionCache;
 use crate::session::epoch_ttl;
+use crate::session::invalidation;
 use crate::session::jobs::{self, ExpiryJob};
 use crate::session::memory::MemorySessionStore;
-use crate::session::redis::RedisSessionStore;
+use crate::session::redis::{invalidation_channel, RedisSessionStore};
 use crate::session::redis_connection::RedisConnection;
 use crate::session::SessionStore;
 use crate::session::Sessions;
@@ -58,6 +60,9 @@ const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 const MEMORY_SWEEP: Duration = Duration::from_secs(10);
 /// How often the stores are probed for the readiness gauges.
 const READINESS_PROBE: Duration = Duration::from_secs(5);
+/// Sessions the local cache holds at most (about 1 KB each); past it, sessions are simply
+/// validated by Redis on every request.
+const SESSION_CACHE_ENTRIES: usize = 100_000;
 
 fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -66,6 +71,41 @@ fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the background runtime")
+}
+
+/// bcrypt's threads: a runtime of their own whose threads run at a lower OS priority than the
+/// proxy's (nice [`HASHING_NICE`]), so a login flood takes the CPU the proxied traffic leaves
+/// rather than the other way round. It lives as long as the process.
+fn hashing_runtime(threads: usize) -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(threads.max(1))
+        .thread_name("authgate-bcrypt")
+        .on_thread_start(lower_thread_priority)
+        .enable_all()
+        .build()
+        .context("cannot start the password hashing runtime")?;
+    Ok(Box::leak(Box::new(runtime)))
+}
+
+/// The nice value of the password hashing threads (0 is the proxy's; 19 the lowest).
+const HASHING_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: nice is per thread). Best effort: a
+/// thread left at normal priority only hashes at the proxy's priority, as before.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a thread id
+        // changes that thread only.
+        let outcome = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, HASHING_NICE)
+        };
+        if outcome != 0 {
+            tracing::debug!("cannot lower the priority of a password hashing thread");
+        }
+    }
 }
 
 /// Opens the record store `storage.database_url` names, as the rest of the gateway sees it.
@@ -149,7 +189,8 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let database_ready = Arc::new(AtomicBool::new(false));
     background.spawn(migrate_until_done(records.clone(), database_ready.clone()));
 
-    let (session_store, login_protection) = open_sessions(&config, &background, &metrics)?;
+    let (session_store, login_protection, session_cache) =
+        open_sessions(&config, &background, &metrics)?;
     tracing::info!(
         session_store = session_store.backend(),
         "session store selected"
@@ -180,13 +221,17 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         records: records.clone(),
     };
     let session_config = Arc::new(session_config);
-    let sessions = Arc::new(Sessions::new(
+    let mut sessions = Sessions::new(
         session_store,
         session_config.clone(),
         activity.clone(),
         writer.clone(),
         metrics.clone(),
-    ));
+    );
+    if let Some(cache) = session_cache {
+        sessions = sessions.with_cache(cache);
+    }
+    let sessions = Arc::new(sessions);
     background.spawn(jobs::flush_activity(
         activity,
         records.clone(),
@@ -205,7 +250,9 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     let hasher = Arc::new(PasswordHasher::new(
         &password_config,
-        background.handle().clone(),
+        hashing_runtime(password_config.max_concurrent_hashes)?
+            .handle()
+            .clone(),
     )?);
     let auth = Arc::new(AuthApi {
         sessions: sessions.clone(),
@@ -333,13 +380,22 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     server.run_forever();
 }
 
+/// The live-session store, its local cache if any, and the login guard.
+type SessionStores = (
+    Arc<dyn SessionStore>,
+    Arc<dyn LoginGuard>,
+    Option<Arc<SessionCache>>,
+);
+
 /// The configured live-session store and login guard: Redis, or (with an empty
-/// `storage.redis_url`) this process's memory, swept periodically.
+/// `storage.redis_url`) this process's memory, swept periodically. On a standalone Redis with
+/// `session.cache_ttl` above zero, also the local session cache, kept subscribed to its
+/// invalidation channel and its activity written behind.
 fn open_sessions(
     config: &Config,
     background: &tokio::runtime::Runtime,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn LoginGuard>)> {
+) -> anyhow::Result<SessionStores> {
     let epochs = epoch_ttl(config.session.absolute_timeout);
     let Some(deployment) = config.storage.redis() else {
         let sessions = Arc::new(MemorySessionStore::new(config.storage.max_sessions, epochs));
@@ -348,7 +404,7 @@ fn open_sessions(
             config.password.hash_queue_timeout,
         ));
         background.spawn(sweep_memory_stores(sessions.clone(), guard.clone()));
-        return Ok((sessions, guard));
+        return Ok((sessions, guard, None));
     };
     let redis = Arc::new(
         RedisConnection::new(
@@ -370,7 +426,33 @@ fn open_sessions(
         config.login_protection.clone(),
         config.password.hash_queue_timeout,
     ));
-    Ok((sessions, guard))
+    let cache = match &deployment {
+        // Cluster and Sentinel: no invalidation subscription yet, so no cache.
+        RedisDeployment::Standalone(url) if !config.session.cache_ttl.is_zero() => {
+            let client = redis::Client::open(url.as_str())
+                .context("storage.redis_url (invalidation channel)")?;
+            let cache = Arc::new(SessionCache::new(
+                config.session.cache_ttl,
+                config.session.idle_timeout,
+                SESSION_CACHE_ENTRIES,
+            ));
+            background.spawn(invalidation::keep_subscribed(
+                client,
+                invalidation_channel(&config.storage.redis_key_prefix),
+                cache.clone(),
+                config.storage.redis_timeout,
+                metrics.clone(),
+            ));
+            background.spawn(jobs::slide_cached(
+                cache.clone(),
+                sessions.clone(),
+                config.session.idle_timeout,
+            ));
+            Some(cache)
+        }
+        _ => None,
+    };
+    Ok((sessions, guard, cache))
 }
 
 /// Drops expired sessions and login counters of the in-process stores (Redis expires its own).

@@ -6,6 +6,7 @@
 //! advance is created at zero when the gateway starts, so rates and alerts see it from the
 //! first scrape; each fact is counted by exactly one counter.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
@@ -105,7 +106,7 @@ pub const SESSION_END_REASONS: [&str; 4] = ["logout", "revoked", "evicted", "exp
 pub const SESSION_ANOMALIES: [&str; 2] = ["ip_changed", "ua_changed"];
 /// The operations the Redis stores time (`RedisConnection::call`); a unit test below checks
 /// the call sites against this list, so `store_latency` series can be created at zero.
-pub const REDIS_OPERATIONS: [&str; 13] = [
+pub const REDIS_OPERATIONS: [&str; 14] = [
     "create",
     "credential_epoch",
     "index",
@@ -115,6 +116,7 @@ pub const REDIS_OPERATIONS: [&str; 13] = [
     "revoke",
     "revoke_all",
     "touch",
+    "slide",
     "login_begin",
     "login_ip",
     "login_finish",
@@ -161,6 +163,8 @@ pub struct Metrics {
     session_anomalies: IntCounterVec,
     write_behind_dropped: IntCounter,
     replica_unacknowledged: IntCounter,
+    session_cache_hits: IntCounter,
+    session_cache_enabled: IntGauge,
     connections_refused: IntCounterVec,
     open_connections: IntGauge,
     config_reloads: IntCounterVec,
@@ -329,6 +333,14 @@ impl Metrics {
             "authgate_redis_replica_unacknowledged_total",
             "Session changes (logins, logouts, revocations) on Redis Cluster or Sentinel that no replica acknowledged before they were answered: they would not survive a failover of their master.",
         )?;
+        let session_cache_hits = IntCounter::new(
+            "authgate_session_cache_hits_total",
+            "Protected requests whose session the local cache answered for (no Redis round trip; session.cache_ttl).",
+        )?;
+        let session_cache_enabled = IntGauge::new(
+            "authgate_session_cache_enabled",
+            "1 while the local session cache is in use (its Redis invalidation channel is subscribed and alive), else 0.",
+        )?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
                 "authgate_connections_refused_total",
@@ -398,6 +410,8 @@ impl Metrics {
             Box::new(session_anomalies.clone()),
             Box::new(write_behind_dropped.clone()),
             Box::new(replica_unacknowledged.clone()),
+            Box::new(session_cache_hits.clone()),
+            Box::new(session_cache_enabled.clone()),
             Box::new(connections_refused.clone()),
             Box::new(open_connections.clone()),
             Box::new(config_reloads.clone()),
@@ -433,6 +447,8 @@ impl Metrics {
             session_anomalies,
             write_behind_dropped,
             replica_unacknowledged,
+            session_cache_hits,
+            session_cache_enabled,
             connections_refused,
             open_connections,
             config_reloads,
@@ -583,6 +599,14 @@ impl Metrics {
         self.replica_unacknowledged.inc();
     }
 
+    pub fn session_cache_hit(&self) {
+        self.session_cache_hits.inc();
+    }
+
+    pub fn session_cache_enabled(&self, enabled: bool) {
+        self.session_cache_enabled.set(i64::from(enabled));
+    }
+
     pub fn connection_refused(&self, reason: ConnectionRefusal) {
         self.connections_refused
             .with_label_values(&[reason.label()])
@@ -665,7 +689,7 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(log_writer());
     let set: SetFilter;
     let installed = match config.format {
         LogFormat::Json => {
@@ -702,6 +726,38 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
         set: Some(set),
         env_override,
     }
+}
+
+/// Where log lines go: stderr, written by a thread of its own (`tracing-appender`), so a request
+/// never waits for a `write(2)`; lines queued together are written in one go. Not lossy: if
+/// the queue is full, the logging thread waits rather than drop a line. What is queued is
+/// written before the process exits (an `atexit` hook, since the gateway ends with
+/// `process::exit`).
+fn log_writer() -> tracing_appender::non_blocking::NonBlocking {
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("authgate-log")
+        .finish(stderr);
+    let mut kept = LOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
+    if kept.replace(guard).is_none() {
+        // SAFETY: registers a plain `extern "C" fn()` with no captured state.
+        unsafe {
+            libc::atexit(flush_logs_at_exit);
+        }
+    }
+    writer
+}
+
+/// Keeps the log thread's guard: dropping it writes out what is queued and stops the thread.
+static LOG_GUARD: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
+
+extern "C" fn flush_logs_at_exit() {
+    let guard = LOG_GUARD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    drop(guard);
 }
 
 /// Replaces the running subscriber's filter.

@@ -609,7 +609,7 @@ impl AuthApi {
             .lookup(&request.headers, request.client_ip)
             .await?
         {
-            Lookup::Valid { token, session } => Ok((token, session)),
+            Lookup::Valid { token, session, .. } => Ok((token, session)),
             Lookup::Missing | Lookup::Invalid => Err(ApiError::Unauthenticated),
         }
     }

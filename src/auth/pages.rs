@@ -168,7 +168,7 @@ impl AuthApi {
             .lookup(&request.headers, request.client_ip)
             .await
         {
-            Ok(Lookup::Valid { token, session }) => Some((token, session)),
+            Ok(Lookup::Valid { token, session, .. }) => Some((token, session)),
             _ => None,
         }
     }

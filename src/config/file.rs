@@ -157,6 +157,8 @@ pub struct SessionSection {
     pub expiry_check_interval: Duration,
     #[serde(deserialize_with = "duration")]
     pub record_retention: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
 }
 
 impl Default for SessionSection {
@@ -174,6 +176,7 @@ impl Default for SessionSection {
             activity_flush_interval: Duration::from_secs(60),
             expiry_check_interval: Duration::from_secs(60),
             record_retention: Duration::from_secs(90 * 24 * 3600),
+            cache_ttl: Duration::from_secs(2),
         }
     }
 }

@@ -102,6 +102,9 @@ pub struct SessionConfig {
     pub activity_flush_interval: Duration,
     pub expiry_check_interval: Duration,
     pub record_retention: Duration,
+    /// How long a gateway may answer for a session Redis validated without asking again
+    /// (zero: never; see `session/cache.rs`).
+    pub cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +300,7 @@ impl Config {
             activity_flush_interval,
             expiry_check_interval,
             record_retention,
+            cache_ttl,
         } = session;
         let PasswordConfig {
             bcrypt_cost,
@@ -322,6 +326,7 @@ impl Config {
         keys.extend(keys!("session": max_sessions_per_user, on_limit, inject_user_email));
         keys.extend(keys!("session": inject_session_id, bind_session_to_user_agent));
         keys.extend(keys!("session": activity_flush_interval, expiry_check_interval));
+        keys.extend(keys!("session": cache_ttl));
         keys.extend(keys!("session": record_retention));
         keys.extend(keys!("password": bcrypt_cost, min_length, max_concurrent_hashes));
         keys.extend(keys!("password": hash_queue_timeout));
@@ -792,6 +797,12 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
             return Err(invalid(key, "must be at least 100ms"));
         }
     }
+    if session.cache_ttl > Duration::from_secs(60) {
+        return Err(invalid(
+            "session.cache_ttl",
+            "at most 60s (it bounds how long a missed invalidation could go unnoticed)",
+        ));
+    }
     if session.max_sessions_per_user == 0 {
         return Err(invalid(
             "session.max_sessions_per_user",
@@ -816,6 +827,7 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
         activity_flush_interval: session.activity_flush_interval,
         expiry_check_interval: session.expiry_check_interval,
         record_retention: session.record_retention,
+        cache_ttl: session.cache_ttl,
     })
 }
 

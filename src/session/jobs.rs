@@ -1,4 +1,5 @@
 //! Background session housekeeping, run on the long-lived background runtime:
+//! - the slide flush writes behind the activity of sessions the local cache answered for;
 //! - the activity flush writes what [`ActivityTracker`] gathered to Postgres in one batch per
 //!   interval;
 //! - the expiry job marks `expired` the session records whose live session is gone from the
@@ -18,13 +19,58 @@ use uuid::Uuid;
 use chrono::Utc;
 
 use super::activity::ActivityTracker;
-use super::Sessions;
+use super::cache::{Entry, SessionCache};
+use super::{SessionStore, Sessions};
 use crate::model::StoreError;
 use crate::session::{EndReason, SessionKey, SlotTag};
 use crate::store::RecordStore;
 use crate::telemetry::Metrics;
 
 const EXPIRY_BATCH: i64 = 500;
+
+/// Writes behind the activity of sessions the local cache answered for (see `cache.rs`), every
+/// [`SlideSchedule::every`](super::cache::SlideSchedule): one slide per session with activity
+/// Redis does not have yet, all at once on the multiplexed connection. A session Redis no
+/// longer has leaves the cache; a failed slide is tried again next time (and the cache stops
+/// answering for the session before the expiry Redis holds runs out).
+pub async fn slide_cached(cache: Arc<SessionCache>, store: Arc<dyn SessionStore>, idle: Duration) {
+    let mut tick = tokio::time::interval(cache.schedule().every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        write_slides(&cache, store.as_ref(), cache.pending_slides(), idle).await;
+    }
+}
+
+/// Writes these cached sessions' pending activity to the store, all at once; a session the
+/// store no longer has leaves the cache, and a failed write is left to the next flush.
+pub async fn write_slides(
+    cache: &SessionCache,
+    store: &dyn SessionStore,
+    entries: Vec<Arc<Entry>>,
+    idle: Duration,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let now_ms = Utc::now().timestamp_millis();
+    let slides = entries.iter().filter_map(|entry| {
+        let activity_ms = entry.pending_slide()?;
+        Some(async move {
+            let outcome = store.slide(&entry.key, activity_ms, now_ms, idle).await;
+            (entry, activity_ms, outcome)
+        })
+    });
+    for (entry, activity_ms, outcome) in futures::future::join_all(slides).await {
+        match outcome {
+            Ok(Some(expiry_ms)) => entry.slid(activity_ms, expiry_ms),
+            Ok(None) => cache.remove(&entry.key),
+            Err(error) => {
+                tracing::debug!(%error, "cannot write a cached session's activity");
+            }
+        }
+    }
+}
 
 pub async fn flush_activity(
     tracker: Arc<ActivityTracker>,

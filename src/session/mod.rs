@@ -5,7 +5,9 @@
 //! in the client's cookie and, briefly, in this process's memory.
 
 pub mod activity;
+pub mod cache;
 pub mod cookie;
+pub mod invalidation;
 pub mod jobs;
 pub mod memory;
 pub mod redis;
@@ -32,6 +34,7 @@ use crate::store::behind::WriteBehind;
 use crate::store::{AuditKind, AuthEvent, SessionEnd};
 use crate::telemetry::Metrics;
 use activity::ActivityTracker;
+use cache::{Cached, SessionCache};
 
 /// User agents are stored and compared truncated to this many characters.
 pub const MAX_USER_AGENT_CHARS: usize = 512;
@@ -125,6 +128,24 @@ pub trait SessionStore: Send + Sync {
         now_ms: i64,
         idle: Duration,
     ) -> Result<Option<LiveSession>, StoreError>;
+
+    /// Writes behind the use of a session that a local cache answered for: its last activity
+    /// becomes `activity_ms` and its idle expiry `activity_ms + idle` (never earlier than what
+    /// the store holds, never past the absolute expiry). The new expiry (unix ms), or `None`
+    /// if the session is gone.
+    async fn slide(
+        &self,
+        key: &SessionKey,
+        activity_ms: i64,
+        now_ms: i64,
+        idle: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let _ = now_ms;
+        Ok(self
+            .touch(key, activity_ms, idle)
+            .await?
+            .map(|session| activity_ms.saturating_add(millis(session.idle_remaining))))
+    }
 
     /// A user's live sessions, from the per-user index (never a keyspace scan).
     async fn list(&self, user_id: Uuid) -> Result<Vec<LiveSession>, StoreError>;
@@ -223,6 +244,9 @@ pub enum Lookup {
     Valid {
         token: SessionToken,
         session: LiveSession,
+        /// Whether the answer should re-issue the cookie to move the browser's expiry (always,
+        /// unless a local cache knows the browser was told recently enough).
+        refresh_cookie: bool,
     },
 }
 
@@ -272,6 +296,8 @@ pub struct Sessions {
     activity: Arc<ActivityTracker>,
     writer: WriteBehind,
     metrics: Arc<Metrics>,
+    /// Sessions Redis validated recently (`session.cache_ttl`; Redis only).
+    cache: Option<Arc<SessionCache>>,
     /// Sessions ended in the last [`RECENT_ENDS_KEPT`], with why: a session can be ended
     /// (evicted by a concurrent login, revoked) after its live entry is created and before
     /// the login writes its record, and then the ending's record update finds no row.
@@ -292,8 +318,20 @@ impl Sessions {
             activity,
             writer,
             metrics,
+            cache: None,
             recent_ends: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Answers most lookups from `cache` (see `cache.rs`); the caller keeps it subscribed to
+    /// the invalidation channel and runs [`jobs::slide_cached`].
+    pub fn with_cache(mut self, cache: Arc<SessionCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -319,23 +357,62 @@ impl Sessions {
             return Ok(Lookup::Invalid);
         };
         let now_ms = chrono::Utc::now().timestamp_millis();
-        match self
-            .store
-            .touch(&token.key(), now_ms, self.config.idle_timeout)
-            .await?
-        {
-            Some(session) => {
-                let user_agent = headers
-                    .get(http::header::USER_AGENT)
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or("");
-                if self.watch(&session.data, client_ip, user_agent).await? {
-                    Ok(Lookup::Valid { token, session })
-                } else {
-                    Ok(Lookup::Invalid)
-                }
+        let key = token.key();
+        let ticket = match self.cache.as_deref().map(|cache| cache.get(&key, now_ms)) {
+            Some(Cached::Hit {
+                session,
+                refresh_cookie,
+            }) => {
+                self.metrics.session_cache_hit();
+                return self
+                    .valid(headers, client_ip, token, session, refresh_cookie)
+                    .await;
             }
-            None => Ok(Lookup::Invalid),
+            Some(Cached::Miss(ticket)) => Some(ticket),
+            None => None,
+        };
+        let Some(session) = self
+            .store
+            .touch(&key, now_ms, self.config.idle_timeout)
+            .await?
+        else {
+            return Ok(Lookup::Invalid);
+        };
+        if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+            cache.insert(ticket, &key, &session, now_ms);
+        }
+        self.valid(headers, client_ip, token, session, true).await
+    }
+
+    /// A session the store (or the cache) found live, once its use is noted.
+    async fn valid(
+        &self,
+        headers: &http::HeaderMap,
+        client_ip: IpAddr,
+        token: SessionToken,
+        session: LiveSession,
+        refresh_cookie: bool,
+    ) -> Result<Lookup, StoreError> {
+        let user_agent = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        if self.watch(&session.data, client_ip, user_agent).await? {
+            Ok(Lookup::Valid {
+                token,
+                session,
+                refresh_cookie,
+            })
+        } else {
+            Ok(Lookup::Invalid)
+        }
+    }
+
+    /// Forgets a user's cached sessions: after any change that may have ended one. (Other
+    /// gateways hear of it through the invalidation channel.)
+    fn forget(&self, user_id: Uuid) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate_user(user_id);
         }
     }
 
@@ -426,6 +503,7 @@ impl Sessions {
             max_sessions: self.config.max_sessions_per_user,
             on_limit: self.config.on_limit,
         };
+        self.write_pending_activity(data.user_id).await;
         match self
             .store
             .create(
@@ -437,14 +515,37 @@ impl Sessions {
             )
             .await?
         {
-            Created::Ok { evicted } => Ok(Start::Started(Started {
-                token,
-                data,
-                evicted,
-            })),
+            Created::Ok { evicted } => {
+                if !evicted.is_empty() {
+                    self.forget(data.user_id);
+                }
+                Ok(Start::Started(Started {
+                    token,
+                    data,
+                    evicted,
+                }))
+            }
             Created::LimitReached => Ok(Start::LimitReached),
             Created::CredentialsChanged => Ok(Start::CredentialsChanged),
         }
+    }
+
+    /// Writes the activity of the user's sessions that the cache answered for and Redis does
+    /// not have yet, so that the cap evicts the least recently used session by its real use
+    /// (this process's; another gateway's reaches Redis within its flush interval). Best
+    /// effort: a failed write leaves it to the flush.
+    async fn write_pending_activity(&self, user_id: Uuid) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let pending = cache.pending_slides_of(user_id);
+        jobs::write_slides(
+            cache,
+            self.store.as_ref(),
+            pending,
+            self.config.idle_timeout,
+        )
+        .await;
     }
 
     pub async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {
@@ -461,7 +562,9 @@ impl Sessions {
     /// Removes a session that never really began (its durable record could not be written):
     /// nothing to record.
     pub async fn discard(&self, session: &SessionData) -> Result<bool, StoreError> {
-        self.store.revoke(session.user_id, session.id).await
+        let ended = self.store.revoke(session.user_id, session.id).await;
+        self.forget(session.user_id);
+        ended
     }
 
     /// Ends one of a user's sessions by public id; `false` if the user has no such live session.
@@ -471,7 +574,9 @@ impl Sessions {
         session_id: Uuid,
         reason: EndReason,
     ) -> Result<bool, StoreError> {
-        let ended = self.store.revoke(user_id, session_id).await?;
+        let ended = self.store.revoke(user_id, session_id).await;
+        self.forget(user_id);
+        let ended = ended?;
         if ended {
             self.ended(vec![session_id], reason);
         }
@@ -486,7 +591,9 @@ impl Sessions {
         keep: Option<Uuid>,
         reason: EndReason,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let ended = self.store.revoke_all_except(user_id, keep).await?;
+        let ended = self.store.revoke_all_except(user_id, keep).await;
+        self.forget(user_id);
+        let ended = ended?;
         self.ended(ended.clone(), reason);
         Ok(ended)
     }
@@ -571,4 +678,8 @@ impl Sessions {
     pub fn clear_cookie(&self) -> String {
         cookie::clear(&self.config)
     }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

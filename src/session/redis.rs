@@ -64,6 +64,25 @@ table.insert(fields, left)
 return fields
 "#;
 
+/// KEYS[1] session key; ARGV activity ms (a request served from a gateway's local cache),
+/// now ms, idle ms. Writes the activity behind: the last activity and the idle expiry move
+/// forward only (another gateway may have written a later one), never past the absolute
+/// expiry. Returns the expiry (unix ms), or nil if the session is gone.
+const SLIDE_SCRIPT: &str = r#"
+local abs = redis.call('HGET', KEYS[1], 'abs')
+if not abs then return false end
+local at = tonumber(ARGV[1])
+local expiry = at + tonumber(ARGV[3])
+if tonumber(abs) < expiry then expiry = tonumber(abs) end
+local left = expiry - tonumber(ARGV[2])
+if left <= 0 then return false end
+if at > tonumber(redis.call('HGET', KEYS[1], 'last') or '0') then
+  redis.call('HSET', KEYS[1], 'last', ARGV[1])
+end
+if redis.call('PTTL', KEYS[1]) < left then redis.call('PEXPIRE', KEYS[1], left) end
+return expiry
+"#;
+
 /// Whether the index (KEYS[1]) still maps session id `id` to the session key `key`, given the
 /// session key prefix. Shared by the scripts that act on a snapshot of the index.
 const INDEX_HOLDS: &str = r#"
@@ -76,7 +95,8 @@ end
 /// KEYS[1] user index, KEYS[2] new session key, KEYS[3] the user's credential epoch,
 /// KEYS[3+i] the snapshot's session keys; ARGV: 1 session key prefix, 2 cap, 3 policy, 4 ttl
 /// ms, 5 index ttl ms, 6 session id, 7 token hash, 8 expected epoch, 9 snapshot size n,
-/// 10..9+n the snapshot's session ids, then field/value pairs.
+/// 10 the invalidation channel, 11 the user id, 12..11+n the snapshot's session ids, then
+/// field/value pairs. Evicting publishes the user id on the channel.
 /// Index entries the snapshot lacks (sessions created since) count against the cap as live and
 /// most recent; the least recently active of the snapshot's sessions are evicted. Returns
 /// {'ok', evicted ids...}, {'rejected'} (cap), {'changed'} (epoch moved on) or {'retry'}
@@ -88,7 +108,7 @@ local entries = redis.call('HLEN', KEYS[1])
 local live = {}
 local dead = {}
 for i = 1, n do
-  local id = ARGV[9 + i]
+  local id = ARGV[11 + i]
   local key = KEYS[3 + i]
   if index_holds(id, key, ARGV[1]) then
     entries = entries - 1
@@ -113,9 +133,10 @@ if total >= cap then
     redis.call('HDEL', KEYS[1], live[i][1])
     table.insert(result, live[i][1])
   end
+  redis.call('PUBLISH', ARGV[10], ARGV[11])
 end
 for _, id in ipairs(dead) do redis.call('HDEL', KEYS[1], id) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 10 + n))
+redis.call('HSET', KEYS[2], unpack(ARGV, 12 + n))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -141,16 +162,20 @@ return sessions
 "#;
 
 /// KEYS[1] user index, KEYS[2] the session key; ARGV[1] session key prefix, ARGV[2] session
-/// id. Returns 1 if a live session was ended, else 0.
+/// id, ARGV[3] the invalidation channel, ARGV[4] the user id (published). Returns 1 if a live
+/// session was ended, else 0.
 const REVOKE_SCRIPT: &str = r#"
 if not index_holds(ARGV[2], KEYS[2], ARGV[1]) then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
-return redis.call('DEL', KEYS[2])
+local ended = redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return ended
 "#;
 
 /// KEYS[1] user index, KEYS[2] the user's credential epoch, KEYS[2+i] the snapshot's session
 /// keys; ARGV[1] session key prefix, ARGV[2] the session id to keep (or ''), ARGV[3] epoch ttl
-/// ms, ARGV[4] '1' to bump the epoch, ARGV[4+i] the snapshot's session ids. Bumping the epoch
+/// ms, ARGV[4] '1' to bump the epoch, ARGV[5] the invalidation channel, ARGV[6] the user id
+/// (published), ARGV[4+i] the snapshot's session ids. Bumping the epoch
 /// means no login that read it before can create its session any more. Returns {ids of the
 /// live sessions ended, [id, token hash] pairs of the index entries the snapshot did not have
 /// (but `keep`)}.
@@ -162,7 +187,7 @@ end
 local ended = {}
 local declared = {}
 for i = 3, #KEYS do
-  local id = ARGV[2 + i]
+  local id = ARGV[4 + i]
   declared[id] = true
   if id ~= ARGV[2] and index_holds(id, KEYS[i], ARGV[1]) then
     redis.call('HDEL', KEYS[1], id)
@@ -177,6 +202,7 @@ for i = 1, #entries, 2 do
     table.insert(missed, entries[i + 1])
   end
 end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {ended, missed}
 "#;
 
@@ -201,6 +227,8 @@ pub struct RedisSessionStore {
     /// that wait never holds up a request on the other.
     changes: Arc<RedisConnection>,
     prefix: String,
+    /// Where every ending of a session is published (the user id), for local caches.
+    channel: String,
     /// How long a credential epoch is kept after its last bump.
     epoch_ttl: Duration,
     scripts: Scripts,
@@ -208,6 +236,7 @@ pub struct RedisSessionStore {
 
 struct Scripts {
     touch: Script,
+    slide: Script,
     create: Script,
     list: Script,
     revoke: Script,
@@ -230,9 +259,11 @@ impl RedisSessionStore {
             connection,
             changes,
             prefix: prefix.to_string(),
+            channel: invalidation_channel(prefix),
             epoch_ttl,
             scripts: Scripts {
                 touch: script(TOUCH_SCRIPT),
+                slide: script(SLIDE_SCRIPT),
                 create: script(CREATE_SCRIPT),
                 list: script(LIST_SCRIPT),
                 revoke: script(REVOKE_SCRIPT),
@@ -287,6 +318,11 @@ impl RedisSessionStore {
             invocation.key(format!("{prefix}{hash}")).arg(id);
         }
     }
+}
+
+/// The channel the scripts publish a user's id on whenever one of the user's sessions ends.
+pub fn invalidation_channel(prefix: &str) -> String {
+    format!("{prefix}sessions:invalidate")
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -365,7 +401,9 @@ impl RedisSessionStore {
                 .arg(session.id.to_string())
                 .arg(key.hash.to_hex())
                 .arg(expected_epoch)
-                .arg(snapshot.len());
+                .arg(snapshot.len())
+                .arg(&self.channel)
+                .arg(session.user_id.to_string());
             self.declare(&mut invocation, session.user_id, &snapshot);
             for (name, value) in &fields {
                 invocation.arg(*name).arg(value);
@@ -408,7 +446,9 @@ impl RedisSessionStore {
         invocation
             .key(format!("{prefix}{hash}"))
             .arg(prefix)
-            .arg(session_id.to_string());
+            .arg(session_id.to_string())
+            .arg(&self.channel)
+            .arg(user_id.to_string());
         let ended: i64 = self
             .changes
             .call("revoke", invocation.invoke_async(&mut connection))
@@ -437,7 +477,9 @@ impl RedisSessionStore {
                 .arg(self.session_prefix(SlotTag::of_user(user_id)))
                 .arg(optional(&keep))
                 .arg(millis(self.epoch_ttl))
-                .arg(if bump { "1" } else { "0" });
+                .arg(if bump { "1" } else { "0" })
+                .arg(&self.channel)
+                .arg(user_id.to_string());
             self.declare(&mut invocation, user_id, &snapshot);
             let (ended, missed): (Vec<String>, Vec<String>) = self
                 .changes
@@ -497,6 +539,21 @@ impl SessionStore for RedisSessionStore {
                 }
             },
         }
+    }
+
+    async fn slide(
+        &self,
+        key: &SessionKey,
+        activity_ms: i64,
+        now_ms: i64,
+        idle: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut connection = self.connection.get().await?;
+        let mut invocation = self.scripts.slide.key(self.session_key(key));
+        invocation.arg(activity_ms).arg(now_ms).arg(millis(idle));
+        self.connection
+            .call("slide", invocation.invoke_async(&mut connection))
+            .await
     }
 
     async fn list(&self, user_id: Uuid) -> Result<Vec<LiveSession>, StoreError> {
