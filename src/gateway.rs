@@ -94,8 +94,9 @@ pub struct RequestContext {
     started: Instant,
     /// This request's `X-Request-Id` (fresh until a trusted proxy's is accepted).
     request_id: RequestId,
-    /// The `request` span (with the id) that the `/auth` and session work runs in.
-    span: tracing::Span,
+    /// The `request` span (with the id) that the `/auth` and session work runs in: made when
+    /// first needed ([`RequestContext::span`]), so a public request never pays for one.
+    span: Option<tracing::Span>,
     client_ip: Option<IpAddr>,
     /// Whether the TCP peer is a trusted proxy (whose forwarding headers may be believed).
     via_trusted_proxy: bool,
@@ -121,6 +122,14 @@ impl RequestContext {
             (None, Some(ip)) => ip.to_string().into_bytes(),
             (None, None) => Vec::new(),
         }
+    }
+
+    /// The `request` span, named by the request id (settled by then).
+    fn span(&mut self) -> tracing::Span {
+        let request_id = &self.request_id;
+        self.span
+            .get_or_insert_with(|| tracing::info_span!("request", request_id = %request_id))
+            .clone()
     }
 
     /// The metrics/log label: the matched route's prefix, "/auth", or "none".
@@ -157,7 +166,7 @@ impl ProxyHttp for Gateway {
             _in_flight: InFlight::enter(&self.in_flight),
             started: Instant::now(),
             request_id: RequestId::generate(),
-            span: tracing::Span::none(),
+            span: None,
             client_ip: None,
             via_trusted_proxy: false,
             unrouted_label: "none",
@@ -213,7 +222,7 @@ impl ProxyHttp for Gateway {
         if AuthApi::is_auth_path(target.path.as_str()) {
             ctx.unrouted_label = "/auth";
             self.serve_auth(session, &target, client_ip, via_trusted_proxy)
-                .instrument(ctx.span.clone())
+                .instrument(ctx.span())
                 .await?;
             return Ok(true);
         }
@@ -243,7 +252,7 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             AuthMode::Required => {
-                let span = ctx.span.clone();
+                let span = ctx.span();
                 self.authorize(session, ctx, client_ip)
                     .instrument(span)
                     .await
@@ -500,7 +509,6 @@ impl Gateway {
         session
             .req_header_mut()
             .insert_header(request_id::HEADER, ctx.request_id.as_str())?;
-        ctx.span = tracing::info_span!("request", request_id = %ctx.request_id);
         Ok(())
     }
 

@@ -10,6 +10,13 @@ use authgate::config::Config;
 use authgate::server;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: a proxied request allocates and frees many small
+/// buffers, often on different threads (a log line is formatted on a proxy thread and freed
+/// on the log thread), where glibc's malloc contends on its arena locks. Measured with
+/// `bench/run` (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "authgate",

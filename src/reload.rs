@@ -16,7 +16,7 @@
 //! [`Config::restart_only_keys`]) keep their running values; a reload that changes them says
 //! so in the log and in `authgate_config_restart_required`, never silently.
 //!
-//! File changes are watched with `notify` on the file's directory (editors and Kubernetes
+//! File changes are watched with inotify (`notify` off Linux) on the file's directory (editors and Kubernetes
 //! replace files by renaming, which a watch on the file itself would lose), debounced, and a
 //! reload runs only when the file's bytes actually changed. `SIGHUP` always reloads.
 
@@ -25,8 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
 use tokio::sync::mpsc;
 
 use crate::auth::{AuthApi, Pages};
@@ -278,28 +276,86 @@ impl Reloader {
     }
 }
 
-/// Watches the directory holding `path` and sends a unit for every debounced batch of events
-/// that touches the file (by name: a rename over it counts) or, for Kubernetes ConfigMaps,
-/// the `..data` link beside it.
-fn watch(
-    path: &Path,
-    changes: mpsc::UnboundedSender<()>,
-) -> anyhow::Result<Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
+/// The directory holding `path`, and the file's name in it.
+fn watched(path: &Path) -> anyhow::Result<(PathBuf, Option<std::ffi::OsString>)> {
     let absolute = std::path::absolute(path)?;
     let directory = absolute
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
-    let name = absolute.file_name().map(|name| name.to_os_string());
+    Ok((
+        directory,
+        absolute.file_name().map(|name| name.to_os_string()),
+    ))
+}
+
+/// Whether an event on `event_name` in the directory concerns the config file `name`: the file
+/// itself (a rename over it counts) or, for Kubernetes ConfigMaps, the `..data` link beside it.
+fn concerns(event_name: Option<&std::ffi::OsStr>, name: Option<&std::ffi::OsStr>) -> bool {
+    event_name == name || event_name.is_some_and(|n| n == "..data")
+}
+
+/// Watches the directory holding `path` (inotify) and sends a unit for every debounced batch
+/// of events that concerns the file. Only the events that end a change are asked for (a
+/// write closed, a file renamed in or out, created, deleted, its attributes changed), never
+/// every `write(2)`: a log file or a SQLite database beside the config must not wake the
+/// gateway on each write.
+#[cfg(target_os = "linux")]
+fn watch(path: &Path, changes: mpsc::UnboundedSender<()>) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use inotify::{Inotify, WatchMask};
+
+    let (directory, name) = watched(path)?;
+    let inotify = Inotify::init()?;
+    inotify.watches().add(
+        &directory,
+        WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::ATTRIB,
+    )?;
+    let mut events = inotify.into_event_stream(vec![0u8; 4096])?;
+    tokio::spawn(async move {
+        loop {
+            let Some(Ok(event)) = events.next().await else {
+                tracing::warn!("the config file watch ended; reload with SIGHUP");
+                return;
+            };
+            if !concerns(event.name.as_deref(), name.as_deref()) {
+                continue;
+            }
+            // Debounce: an editor's save is several events; reload once they stop.
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(DEBOUNCE, events.next()).await {}
+            if changes.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Elsewhere: `notify` on the file's directory, debounced.
+#[cfg(not(target_os = "linux"))]
+fn watch(
+    path: &Path,
+    changes: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<
+    notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
+> {
+    use notify_debouncer_mini::notify::RecursiveMode;
+    use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
+
+    let (directory, name) = watched(path)?;
     let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
         let Ok(events) = result else {
             return;
         };
-        let touches_file = events.iter().any(|event| {
-            let event_name = event.path.file_name();
-            event_name == name.as_deref() || event_name.is_some_and(|n| n == "..data")
-        });
-        if touches_file {
+        if events
+            .iter()
+            .any(|event| concerns(event.path.file_name(), name.as_deref()))
+        {
             let _ = changes.send(());
         }
     })?;

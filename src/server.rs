@@ -89,7 +89,7 @@ fn hashing_runtime(threads: usize) -> anyhow::Result<&'static tokio::runtime::Ru
 }
 
 /// The nice value of the password hashing threads (0 is the proxy's; 19 the lowest).
-const HASHING_NICE: libc::c_int = 10;
+const HASHING_NICE: libc::c_int = 19;
 
 /// Lowers the calling thread's scheduling priority (Linux: nice is per thread). Best effort: a
 /// thread left at normal priority only hashes at the proxy's priority, as before.

@@ -728,36 +728,85 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
     }
 }
 
-/// Where log lines go: stderr, written by a thread of its own (`tracing-appender`), so a request
-/// never waits for a `write(2)`; lines queued together are written in one go. Not lossy: if
-/// the queue is full, the logging thread waits rather than drop a line. What is queued is
-/// written before the process exits (an `atexit` hook, since the gateway ends with
-/// `process::exit`).
-fn log_writer() -> tracing_appender::non_blocking::NonBlocking {
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("authgate-log")
-        .finish(stderr);
-    let mut kept = LOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
-    if kept.replace(guard).is_none() {
+/// Where log lines go: stderr, in batches. A formatted line is appended to one buffer in
+/// memory (a short lock, no system call, no thread woken); a thread of its own writes the
+/// buffer out every [`LOG_FLUSH_EVERY`], so a busy gateway makes one `write(2)` per batch
+/// instead of one per request line. Nothing is dropped: a writer waits while the buffer holds
+/// [`LOG_BUFFER_MAX`] bytes not yet written (stderr blocked). What is buffered is written out
+/// before the process exits (an `atexit` hook: the gateway ends with `process::exit`).
+fn log_writer() -> BufferedStderr {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let flusher = std::thread::Builder::new()
+            .name("authgate-log".to_string())
+            .spawn(|| loop {
+                std::thread::sleep(LOG_FLUSH_EVERY);
+                write_out_logs();
+            });
+        if flusher.is_err() {
+            eprintln!("authgate: cannot start the log thread; lines are written when full");
+        }
         // SAFETY: registers a plain `extern "C" fn()` with no captured state.
         unsafe {
-            libc::atexit(flush_logs_at_exit);
+            libc::atexit(write_out_logs_at_exit);
         }
-    }
-    writer
+    });
+    BufferedStderr
 }
 
-/// Keeps the log thread's guard: dropping it writes out what is queued and stops the thread.
-static LOG_GUARD: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
+/// How often buffered log lines are written out.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Past this many buffered bytes, a line waits for the buffer to be written out first.
+const LOG_BUFFER_MAX: usize = 8 * 1024 * 1024;
 
-extern "C" fn flush_logs_at_exit() {
-    let guard = LOG_GUARD
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    drop(guard);
+static LOG_LINES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Signalled after every write-out (for lines waiting on a full buffer).
+static LOG_WRITTEN: std::sync::Condvar = std::sync::Condvar::new();
+/// Held while a batch is written, so batches reach stderr in order.
+static LOG_WRITING: Mutex<()> = Mutex::new(());
+
+fn write_out_logs() {
+    use std::io::Write as _;
+    let _writing = LOG_WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    let batch = std::mem::take(&mut *LOG_LINES.lock().unwrap_or_else(PoisonError::into_inner));
+    LOG_WRITTEN.notify_all();
+    if !batch.is_empty() {
+        // Nowhere to report a failed write to stderr.
+        let _ = std::io::stderr().lock().write_all(&batch);
+    }
+}
+
+extern "C" fn write_out_logs_at_exit() {
+    write_out_logs();
+}
+
+/// The tracing writer for [`log_writer`]'s buffer.
+#[derive(Clone, Copy)]
+struct BufferedStderr;
+
+impl std::io::Write for BufferedStderr {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut lines = LOG_LINES.lock().unwrap_or_else(PoisonError::into_inner);
+        while lines.len() >= LOG_BUFFER_MAX {
+            lines = LOG_WRITTEN
+                .wait(lines)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        lines.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
+    type Writer = BufferedStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
 }
 
 /// Replaces the running subscriber's filter.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::RateLimitSection;
@@ -44,7 +44,9 @@ impl IpRateLimiter {
         limiter
             .check_key(&client_bucket(ip))
             .map_err(|not_until| Exceeded {
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                // The limiter's own clock: a fresh `DefaultClock` calibrates itself (CPUID and
+                // a timing loop), which made a refusal cost more than a proxied request.
+                retry_after: not_until.wait_time_from(limiter.clock().now()),
                 limit: self.burst,
             })
     }

@@ -111,6 +111,10 @@ pub struct SessionCache {
 }
 
 /// What the cache says of a request's session.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives for one request; boxing would add an allocation to the hot path"
+)]
 pub enum Cached {
     /// Usable as is; `refresh_cookie` when the browser's cookie expiry should be moved.
     Hit {
