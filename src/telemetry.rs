@@ -728,12 +728,15 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
     }
 }
 
-/// Where log lines go: stderr, in batches. A formatted line is appended to one buffer in
-/// memory (a short lock, no system call, no thread woken); a thread of its own writes the
-/// buffer out every [`LOG_FLUSH_EVERY`], so a busy gateway makes one `write(2)` per batch
-/// instead of one per request line. Nothing is dropped: a writer waits while the buffer holds
-/// [`LOG_BUFFER_MAX`] bytes not yet written (stderr blocked). What is buffered is written out
-/// before the process exits (an `atexit` hook: the gateway ends with `process::exit`).
+/// Where log lines go: stderr. Access lines (one per request, written after the response) are
+/// batched: appended to one buffer in memory (a short lock, no system call, no thread woken)
+/// that a thread of its own writes out every [`LOG_FLUSH_EVERY`], so a busy gateway makes one
+/// `write(2)` per batch instead of one per request. Every other line is written at once
+/// (after whatever access lines are buffered, so the order holds), so a line logged while a
+/// request is handled is on stderr before its response is sent, as before. Nothing is dropped:
+/// a writer waits while the buffer holds [`LOG_BUFFER_MAX`] bytes not yet written (stderr
+/// blocked). What is buffered is written out before the process exits (an `atexit` hook: the
+/// gateway ends with `process::exit`).
 fn log_writer() -> BufferedStderr {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
@@ -751,10 +754,12 @@ fn log_writer() -> BufferedStderr {
             libc::atexit(write_out_logs_at_exit);
         }
     });
-    BufferedStderr
+    BufferedStderr { now: true }
 }
 
-/// How often buffered log lines are written out.
+/// The access log's target (gateway.rs): the only lines that are batched.
+const ACCESS_TARGET: &str = "authgate::access";
+/// How often buffered access lines are written out.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// Past this many buffered bytes, a line waits for the buffer to be written out first.
 const LOG_BUFFER_MAX: usize = 8 * 1024 * 1024;
@@ -780,9 +785,11 @@ extern "C" fn write_out_logs_at_exit() {
     write_out_logs();
 }
 
-/// The tracing writer for [`log_writer`]'s buffer.
+/// The tracing writer for [`log_writer`]'s buffer; `now`: write the buffer out with this line.
 #[derive(Clone, Copy)]
-struct BufferedStderr;
+struct BufferedStderr {
+    now: bool,
+}
 
 impl std::io::Write for BufferedStderr {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -793,6 +800,10 @@ impl std::io::Write for BufferedStderr {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         lines.extend_from_slice(bytes);
+        drop(lines);
+        if self.now {
+            write_out_logs();
+        }
         Ok(bytes.len())
     }
 
@@ -806,6 +817,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
 
     fn make_writer(&'a self) -> Self::Writer {
         *self
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        BufferedStderr {
+            now: meta.target() != ACCESS_TARGET,
+        }
     }
 }
 
