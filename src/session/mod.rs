@@ -330,10 +330,6 @@ impl Sessions {
         self
     }
 
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
-    }
-
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }
