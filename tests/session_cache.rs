@@ -72,6 +72,14 @@ async fn cache_enabled(gateway: &Gateway) -> bool {
     metric(gateway, "authgate_session_cache_enabled", &[]).await == 1.0
 }
 
+/// Waits until the gateway's cache is subscribed to its invalidation channel.
+async fn cache_turned_on(gateway: &Gateway) {
+    eventually(Duration::from_secs(10), "the session cache on", || async {
+        cache_enabled(gateway).await.then_some(())
+    })
+    .await;
+}
+
 /// Two instances on the same Redis and database, each with a warm cache.
 async fn two_instances() -> (Gateway, Gateway) {
     let options = || {
@@ -83,10 +91,7 @@ async fn two_instances() -> (Gateway, Gateway) {
     let first = options().start().await;
     let second = options().sharing_stores_with(&first).start().await;
     for gateway in [&first, &second] {
-        eventually(Duration::from_secs(10), "the session cache on", || async {
-            cache_enabled(gateway).await.then_some(())
-        })
-        .await;
+        cache_turned_on(gateway).await;
     }
     (first, second)
 }
@@ -160,10 +165,7 @@ async fn the_cache_answers_most_requests_without_redis() {
         return;
     }
     let gateway = GatewayOptions::new().start().await;
-    eventually(Duration::from_secs(10), "the session cache on", || async {
-        cache_enabled(&gateway).await.then_some(())
-    })
-    .await;
+    cache_turned_on(&gateway).await;
     let user = gateway.signed_in_user().await;
     let before = touches(&gateway).await;
     for _ in 0..50 {
@@ -190,10 +192,7 @@ async fn with_redis_cut_off_the_cache_is_off_and_requests_fail_closed() {
         .redis_url(&redis.redis_url())
         .start()
         .await;
-    eventually(Duration::from_secs(10), "the session cache on", || async {
-        cache_enabled(&gateway).await.then_some(())
-    })
-    .await;
+    cache_turned_on(&gateway).await;
     let user = gateway.signed_in_user().await;
     warm(&gateway, &user.token).await;
 
@@ -223,10 +222,7 @@ async fn with_redis_cut_off_the_cache_is_off_and_requests_fail_closed() {
         || async { (status_of(&gateway, &user.token).await == 200).then_some(()) },
     )
     .await;
-    eventually(Duration::from_secs(10), "the cache back on", || async {
-        cache_enabled(&gateway).await.then_some(())
-    })
-    .await;
+    cache_turned_on(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,10 +235,7 @@ async fn idle_and_absolute_timeouts_hold_while_the_cache_answers() {
         .absolute_timeout("5s")
         .start()
         .await;
-    eventually(Duration::from_secs(10), "the session cache on", || async {
-        cache_enabled(&gateway).await.then_some(())
-    })
-    .await;
+    cache_turned_on(&gateway).await;
     // Used every 300 ms for 3 s: far past one idle timeout, so the slides written behind
     // (not the touches) kept it alive.
     let user = gateway.signed_in_user().await;
