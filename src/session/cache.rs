@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{LiveSession, SessionKey, SlotTag, TokenHash};
+use super::{millis, LiveSession, SessionKey, SlotTag, TokenHash};
 
 /// Shards, chosen by the session's slot tag (which is the user's): one user's sessions are in
 /// one shard, so invalidating a user locks and scans one shard only.
@@ -263,10 +263,6 @@ impl SessionCache {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
-    }
-
     /// Entries whose activity Redis does not have yet, and forgets entries past their trust.
     pub fn pending_slides(&self) -> Vec<Arc<Entry>> {
         let mut pending = Vec::new();
@@ -296,27 +292,6 @@ impl SessionCache {
             .cloned()
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                shard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entries
-                    .len()
-            })
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Created, LiveSession, SessionCap, SessionData, SessionKey, SessionStore, TokenHash};
+use super::{
+    millis, Created, LiveSession, SessionCap, SessionData, SessionKey, SessionStore, TokenHash,
+};
 use crate::config::OnLimit;
 use crate::model::StoreError;
 
@@ -143,10 +145,6 @@ impl MemorySessionStore {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn remaining(deadline_ms: i64, now_ms: i64) -> Duration {

@@ -676,6 +676,7 @@ impl Sessions {
     }
 }
 
-fn millis(duration: Duration) -> i64 {
+/// A duration in whole milliseconds, as Redis and the cache count them (saturating).
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

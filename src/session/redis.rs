@@ -38,7 +38,9 @@ use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use super::redis_connection::{unavailable, RedisConnection};
-use super::{Created, LiveSession, SessionCap, SessionData, SessionKey, SessionStore, SlotTag};
+use super::{
+    millis, Created, LiveSession, SessionCap, SessionData, SessionKey, SessionStore, SlotTag,
+};
 use crate::config::OnLimit;
 use crate::model::StoreError;
 
@@ -323,10 +325,6 @@ impl RedisSessionStore {
 /// The channel the scripts publish a user's id on whenever one of the user's sessions ends.
 pub fn invalidation_channel(prefix: &str) -> String {
     format!("{prefix}sessions:invalidate")
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Runs a change, and once more if Redis was unavailable (see the `_once` methods).
