@@ -1,8 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (the session store and the database answer, and the schema is migrated; the
-//! database is named by its backend, since it may be Postgres or the embedded SQLite file).
-//! It runs on its own address so it can stay off the public network. The readiness result is
-//! also exported as gauges (`authgate_store_up{store}`, `authgate_ready`).
+//! `/readyz` (the session store and the database answer, the schema is migrated and, with the
+//! identity assertion enabled, a signing key is loaded; the database is named by its backend,
+//! since it may be Postgres or the embedded SQLite file). It runs on its own address so it can
+//! stay off the public network. The readiness result is also exported as gauges
+//! (`authgate_store_up{store}`, `authgate_ready`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Readiness {
     pub sessions: Arc<Sessions>,
     pub records: Arc<dyn RecordStore>,
     pub database_ready: Arc<AtomicBool>,
+    /// With the identity assertion enabled, not ready until a key to sign with is loaded.
+    pub assertions: Arc<crate::assertion::Assertions>,
 }
 
 impl Readiness {
@@ -72,7 +75,8 @@ impl Readiness {
             (Ok(()), false) => "reachable, not migrated yet".to_string(),
             _ => describe(&database),
         };
-        let ready = sessions.is_ok() && database.is_ok() && migrated;
+        let keys_loaded = self.assertions.ready();
+        let ready = sessions.is_ok() && database.is_ok() && migrated && keys_loaded;
         self.metrics.readiness(
             &[
                 (self.sessions.backend(), sessions.is_ok()),
@@ -86,6 +90,11 @@ impl Readiness {
             "session_store_backend": self.sessions.backend(),
             "database": database_state,
             "database_backend": self.records.backend(),
+            "assertion_keys": match (self.assertions.enabled(), keys_loaded) {
+                (false, _) => "disabled",
+                (true, true) => "loaded",
+                (true, false) => "not loaded yet",
+            },
         });
         (ready, body)
     }

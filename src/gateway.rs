@@ -8,17 +8,20 @@
 //!               header size limits       ──▶ 431                          │ 404, /auth/*,
 //!             0 one reading: target, Host ──▶ 400    target.rs, path.rs   │ 401, 503
 //!             3 strip identity headers               identity.rs          │
+//!               /auth/verify (forward-auth) ──▶ 200/401/302/503           │
 //!             4 /auth/*                  ──▶ API     auth/                │
 //!             5 route + readings check   ──▶ 404/400 routes.rs            │
 //!               route's own rate limit   ──▶ 429                          │
 //!               forward the normalised target        target.rs            │
 //!               (without the prefix: strip_prefix)                        │
-//!             6 session (protected)      ──▶ 401/302/503 session/         ┘
+//!             6 session (protected)      ──▶ 401/302/503 session/         │
+//!             7 identity assertion (signed, reused) ──▶ 503  assertion/   ┘
 //!          ─▶ upstream_peer              a healthy upstream not tried yet (pool.rs), or 503
 //!          ─▶ fail_to_connect            passive health; idempotent → retry elsewhere
 //!          ─▶ connected_to_upstream      passive health: the failure run is over
 //!          ─▶ upstream_request_filter    route's add_request_headers; inject X-User-Id
-//!                                        (+ email, session id); drop our cookies
+//!                                        (+ email, session id), X-Authgate-Assertion;
+//!                                        drop our cookies
 //!          ─▶ upstream_response_filter   upstream latency
 //!          ─▶ response_filter            drop the upstream's Set-Cookie for our cookies and
 //!                                        identity headers; HSTS; re-issue the sliding cookie;
@@ -51,6 +54,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument as _;
 
+use crate::assertion::Assertions;
 use crate::auth::{ApiError, AuthApi, AuthRequest, MAX_BODY_BYTES};
 use crate::client_ip;
 use crate::config::AuthMode;
@@ -70,6 +74,9 @@ const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// A `Cookie` header larger than this is refused (431): no legitimate session needs it.
 const MAX_COOKIE_BYTES: usize = 8 * 1024;
 
+/// The forward-auth check (SPEC §3): answered by the gateway, never by the `/auth` API.
+const VERIFY_PATH: &str = "/auth/verify";
+
 /// How long a client may take to send an `/auth` request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,6 +93,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Writes the gateway's own answers, with its security headers.
     pub respond: Responder,
+    /// Signs the identity assertion for protected routes (see `assertion/`).
+    pub assertions: Arc<Assertions>,
 }
 
 /// Per-request state carried between the hooks.
@@ -112,6 +121,8 @@ pub struct RequestContext {
     upstream: Option<(SocketAddr, Lease)>,
     /// Upstreams a connect already failed on (a retry goes elsewhere).
     tried: Vec<SocketAddr>,
+    /// The signed identity assertion for the upstream, when the route carries one.
+    assertion: Option<http::HeaderValue>,
 }
 
 impl RequestContext {
@@ -176,6 +187,7 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             upstream: None,
             tried: Vec::new(),
+            assertion: None,
         }
     }
 
@@ -219,6 +231,15 @@ impl ProxyHttp for Gateway {
             .load()
             .strip(session.req_header_mut(), via_trusted_proxy);
 
+        if target.path.as_str() == VERIFY_PATH {
+            ctx.unrouted_label = "/auth";
+            let span = ctx.span();
+            self.verify(session, ctx, client_ip)
+                .instrument(span)
+                .await?;
+            return Ok(true);
+        }
+
         if AuthApi::is_auth_path(target.path.as_str()) {
             ctx.unrouted_label = "/auth";
             self.serve_auth(session, &target, client_ip, via_trusted_proxy)
@@ -253,9 +274,14 @@ impl ProxyHttp for Gateway {
             }
             AuthMode::Required => {
                 let span = ctx.span();
-                self.authorize(session, ctx, client_ip)
+                if self
+                    .authorize(session, ctx, client_ip)
                     .instrument(span)
-                    .await
+                    .await?
+                {
+                    return Ok(true);
+                }
+                self.sign_assertion(session, ctx).await
             }
         }
     }
@@ -353,6 +379,9 @@ impl ProxyHttp for Gateway {
             if config.inject_session_id {
                 upstream_request.insert_header(identity::SESSION_ID, identity.id.to_string())?;
             }
+        }
+        if let Some(assertion) = &ctx.assertion {
+            upstream_request.insert_header(identity::ASSERTION, assertion.clone())?;
         }
         Ok(())
     }
@@ -549,29 +578,168 @@ impl Gateway {
                 Ok(false)
             }
             Ok(lookup) => {
-                self.metrics.decision(Decision::Unauthenticated);
-                let mut headers = match lookup {
-                    Lookup::Invalid => vec![("set-cookie", self.sessions.clear_cookie())],
-                    _ => Vec::new(),
-                };
-                if is_browser_navigation(session.req_header()) {
-                    // People get the sign-in page, and come back here afterwards.
-                    headers.push(("location", sign_in_location(session.req_header())));
-                    self.respond
-                        .send(session, 302, None, &headers, Vec::new())
-                        .await?;
-                } else {
-                    self.respond
-                        .api_error(session, &ApiError::Unauthenticated, &headers)
-                        .await?;
-                }
+                // People get the sign-in page, and come back here afterwards.
+                let sign_in = is_browser_navigation(session.req_header())
+                    .then(|| sign_in_location(session.req_header()));
+                self.refuse_unauthenticated(session, &lookup, sign_in)
+                    .await?;
                 Ok(true)
             }
             Err(store_error) => {
-                // Fail closed: without the session store nobody gets through.
-                self.metrics.decision(Decision::StoreUnavailable);
-                tracing::debug!(error = %store_error, "session store unavailable");
-                let error = ApiError::Unavailable(store_error.to_string());
+                self.refuse_unavailable(session, &store_error).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// `/auth/verify`, the forward-auth check (nginx `auth_request`, Traefik ForwardAuth,
+    /// Caddy `forward_auth`): the same session check as a protected route (sliding expiry,
+    /// absolute lifetime, revocation; the per-IP limit already ran), answered with the
+    /// identity in response headers for the proxy to copy: 200, else 401, or for a browser's
+    /// page load forwarded by a trusted proxy a 302 to the sign-in page with `rd` = the
+    /// original URL, when its host is in `server.allowed_redirect_hosts`.
+    async fn verify(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        client_ip: IpAddr,
+    ) -> pingora::Result<()> {
+        match self
+            .sessions
+            .lookup(&session.req_header().headers, client_ip)
+            .await
+        {
+            Ok(Lookup::Valid {
+                token,
+                session: live,
+                refresh_cookie,
+            }) => {
+                self.metrics.decision(Decision::Allowed);
+                let config = self.sessions.config();
+                let mut headers = vec![(identity::USER_ID, live.data.user_id.to_string())];
+                if config.inject_user_email {
+                    headers.push((identity::USER_EMAIL, live.data.email.clone()));
+                }
+                if config.inject_session_id {
+                    headers.push((identity::SESSION_ID, live.data.id.to_string()));
+                }
+                if refresh_cookie {
+                    headers.push(("set-cookie", self.sessions.refresh_cookie(&token, &live)));
+                }
+                ctx.identity = Some(live.data);
+                self.respond
+                    .send(session, 200, None, &headers, Vec::new())
+                    .await
+            }
+            Ok(lookup) => {
+                let sign_in = self.forwarded_sign_in_location(session.req_header());
+                self.refuse_unauthenticated(session, &lookup, sign_in).await
+            }
+            Err(store_error) => self.refuse_unavailable(session, &store_error).await,
+        }
+    }
+
+    /// For `/auth/verify`: the sign-in page, with `rd` = the URL the browser asked the proxy
+    /// for, when the proxy forwarded a page load (`X-Forwarded-Method` GET/HEAD, or the
+    /// request's own method, and `Accept: text/html`) for a host allowed as a redirect target.
+    /// The `X-Forwarded-*` headers only reach this point from `server.trusted_proxies` (they
+    /// are stripped from everyone else).
+    fn forwarded_sign_in_location(&self, request: &RequestHeader) -> Option<String> {
+        let header = |name| request.headers.get(name).and_then(|v| v.to_str().ok());
+        let method = header("x-forwarded-method").unwrap_or(request.method.as_str());
+        let accepts_html = header("accept").is_some_and(|accept| accept.contains("text/html"));
+        if !accepts_html || !matches!(method.trim().to_ascii_uppercase().as_str(), "GET" | "HEAD") {
+            return None;
+        }
+        let pages = self.auth.pages.load();
+        let original = pages.redirect_hosts().original_url(
+            header("x-forwarded-proto"),
+            header("x-forwarded-host")?,
+            header("x-forwarded-uri"),
+        )?;
+        let encoded: String = form_urlencoded::byte_serialize(original.as_bytes()).collect();
+        Some(format!(
+            "{}/auth/login?rd={encoded}",
+            self.sign_in_origin(&original)
+        ))
+    }
+
+    /// The gateway origin a browser signs in at: the `server.public_origin` on the original
+    /// URL's host when there is one (the proxy routes `/auth/` there), else the first.
+    fn sign_in_origin(&self, original: &str) -> &str {
+        let origins = self.auth.csrf.origins();
+        let same_host = origins.iter().find(|origin| {
+            let host_of = |url: &str| {
+                let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+                rest.split(['/', '?', ':']).next().unwrap_or("").to_string()
+            };
+            host_of(origin) == host_of(original)
+        });
+        same_host.or(origins.first()).map_or("", String::as_str)
+    }
+
+    /// No usable session: 401 JSON, or a 302 to `sign_in` when given; a dead cookie is
+    /// cleared either way.
+    async fn refuse_unauthenticated(
+        &self,
+        session: &mut Session,
+        lookup: &Lookup,
+        sign_in: Option<String>,
+    ) -> pingora::Result<()> {
+        self.metrics.decision(Decision::Unauthenticated);
+        let mut headers = match lookup {
+            Lookup::Invalid => vec![("set-cookie", self.sessions.clear_cookie())],
+            _ => Vec::new(),
+        };
+        match sign_in {
+            Some(location) => {
+                headers.push(("location", location));
+                self.respond
+                    .send(session, 302, None, &headers, Vec::new())
+                    .await
+            }
+            None => {
+                self.respond
+                    .api_error(session, &ApiError::Unauthenticated, &headers)
+                    .await
+            }
+        }
+    }
+
+    /// Fail closed: without the session store nobody gets through (503 with `Retry-After`).
+    async fn refuse_unavailable(
+        &self,
+        session: &mut Session,
+        store_error: &impl std::fmt::Display,
+    ) -> pingora::Result<()> {
+        self.metrics.decision(Decision::StoreUnavailable);
+        tracing::debug!(error = %store_error, "session store unavailable");
+        let error = ApiError::Unavailable(store_error.to_string());
+        self.respond.api_error(session, &error, &[]).await
+    }
+
+    /// Step 7: the signed identity assertion for a signed-in request on a route that carries
+    /// one. A request that should carry it and cannot (no key loaded yet) is not forwarded
+    /// without it: 503 with `Retry-After`.
+    async fn sign_assertion(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<bool> {
+        let (Some(route), Some(identity)) = (&ctx.route, &ctx.identity) else {
+            return Ok(false);
+        };
+        if !route.assertion {
+            return Ok(false);
+        }
+        match self.assertions.sign(identity, route.audience()) {
+            Ok(assertion) => {
+                ctx.assertion = assertion;
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::warn!(%error, route = %route.prefix, "request refused: no identity assertion");
+                let error = ApiError::Unavailable(error.to_string());
                 self.respond.api_error(session, &error, &[]).await?;
                 Ok(true)
             }

@@ -7,6 +7,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 pub const USER_ID: &str = "x-user-id";
 pub const USER_EMAIL: &str = "x-user-email";
 pub const SESSION_ID: &str = "x-session-id";
+/// The signed identity assertion (see `assertion/`).
+pub const ASSERTION: &str = "x-authgate-assertion";
 
 /// Always stripped, whatever the config says: the gateway's own identity headers, other
 /// gateways' identity headers (oauth2-proxy, Authelia, Grafana-style auth proxies), headers
@@ -30,7 +32,7 @@ const BUILT_IN: &[&str] = &[
     "fastly-client-ip",
     "x-original-url",
     "x-rewrite-url",
-    "x-authgate-assertion",
+    ASSERTION,
 ];
 
 /// Every header whose name starts with one of these is stripped too.
@@ -194,6 +196,8 @@ mod tests {
             "Fastly-Client-IP",
             "X-Original-URL",
             "X-Rewrite-URL",
+            "X-Authgate-Assertion",
+            "x_authgate_assertion",
             "Remote-Groups",
             "X-WEBAUTH-USER",
             "X-Forwarded-Groups",

@@ -2,6 +2,7 @@
 //! tests and future tools share one implementation. `server::run` is the entry point.
 
 pub mod admin;
+pub mod assertion;
 pub mod auth;
 pub mod client_ip;
 pub mod config;

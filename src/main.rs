@@ -1,7 +1,8 @@
 //! authgate: a reverse-proxy authentication gateway on Pingora.
 //!
 //! CLI: `authgate [--config FILE]` (or `authgate run [--upgrade]`) runs the gateway; `authgate check --config FILE` validates a
-//! config and exits; `authgate migrate --config FILE` applies database migrations and exits.
+//! config and exits; `authgate migrate --config FILE` applies database migrations and exits;
+//! `authgate assertion rotate --config FILE` rotates the identity assertion's signing key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,19 @@ enum Command {
     Check,
     /// Apply database migrations and exit.
     Migrate,
+    /// The identity assertion's signing keys (`[assertion]`).
+    Assertion {
+        #[command(subcommand)]
+        command: AssertionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AssertionCommand {
+    /// Add a new signing key to the database and retire the current one; running gateways
+    /// sign with the new key within seconds, and keep publishing the old one until its
+    /// assertions have expired.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +75,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Migrate => server::migrate(config),
+        Command::Assertion {
+            command: AssertionCommand::Rotate,
+        } => server::rotate_assertion_key(config),
         Command::Run { upgrade } => server::run(
             config,
             server::RunOptions {

@@ -5,7 +5,9 @@
 //! and line, and the configuration in force keeps serving. Otherwise every reloadable part
 //! that changed is built first (a new route table completes its first upstream lookup before
 //! it is used) and then swapped in: routes and their upstream pools, the per-IP rate limit,
-//! `server.strip_headers`, the login-protection numbers, branding and the log level.
+//! `server.strip_headers`, `server.allowed_redirect_hosts`, the login-protection numbers,
+//! branding and the log level; the identity assertion's keys are re-read (a replaced
+//! `assertion.key_file` signs from then on).
 //!
 //! Each part lives behind an `ArcSwap`: a request holds the route it matched (and its pool)
 //! for its whole life, so in-flight requests finish on the old table while new ones use the
@@ -223,11 +225,20 @@ impl Reloader {
                 .reconfigure(new.login_protection.clone());
             changed.push("login_protection");
         }
-        if differs(&old.branding, &new.branding) {
-            self.auth
-                .pages
-                .store(Arc::new(Pages::new(&new.branding, applied.secure_cookie)));
-            changed.push("branding");
+        let redirect_hosts_changed =
+            old.server.allowed_redirect_hosts != new.server.allowed_redirect_hosts;
+        if differs(&old.branding, &new.branding) || redirect_hosts_changed {
+            self.auth.pages.store(Arc::new(Pages::new(
+                &new.branding,
+                applied.secure_cookie,
+                new.server.allowed_redirect_hosts.clone(),
+            )));
+            if differs(&old.branding, &new.branding) {
+                changed.push("branding");
+            }
+            if redirect_hosts_changed {
+                changed.push("server.allowed_redirect_hosts");
+            }
         }
         if old.log.level != new.log.level {
             match self.log.set(&new.log.level) {
@@ -235,6 +246,15 @@ impl Reloader {
                 Err(reason) => {
                     tracing::warn!(%reason, "log.level changed in the file but not applied")
                 }
+            }
+        }
+        // The assertion's keys are re-read too (they are also every few seconds): SIGHUP after
+        // replacing assertion.key_file switches the signing key at once.
+        match self.auth.assertions.refresh().await {
+            Ok(true) => changed.push("assertion keys"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "assertion keys not re-read; the ones in force stay")
             }
         }
         Ok(changed)

@@ -34,7 +34,13 @@ impl Responder {
         if let Some(content_type) = content_type {
             header.insert_header("content-type", content_type)?;
         }
-        header.insert_header("cache-control", "no-store")?;
+        // The gateway's answers are not cached, unless the caller says otherwise (the JWKS).
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("cache-control"))
+        {
+            header.insert_header("cache-control", "no-store")?;
+        }
         header.insert_header("x-content-type-options", "nosniff")?;
         if let Some(hsts) = &self.hsts {
             header.insert_header("strict-transport-security", hsts.as_str())?;

@@ -31,6 +31,8 @@ pub struct Route {
     pub prefix: String,
     pub host: Option<String>,
     pub auth: AuthMode,
+    /// Whether requests on it carry the identity assertion (when `[assertion]` is enabled).
+    pub assertion: bool,
     case_insensitive: bool,
     allow_encoded_slash: bool,
     strip_prefix: bool,
@@ -82,6 +84,7 @@ impl Route {
             prefix: config.prefix.clone(),
             host: config.host.clone(),
             auth: config.auth,
+            assertion: config.assertion,
             case_insensitive: config.case_insensitive,
             allow_encoded_slash: config.allow_encoded_slash,
             strip_prefix: config.strip_prefix,
@@ -119,6 +122,13 @@ impl Route {
             Some(limiter) => limiter.check(client_ip),
             None => Ok(()),
         }
+    }
+
+    /// The identity assertion's `aud` on this route: its `host` when it has one (the app is
+    /// that site), else its prefix (apps behind one host told apart by path). An upstream
+    /// checks `aud` so that an assertion made for another app is not accepted by it.
+    pub fn audience(&self) -> &str {
+        self.host.as_deref().unwrap_or(&self.prefix)
     }
 
     /// The headers `add_request_headers` sets on every forwarded request.

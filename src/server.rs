@@ -19,6 +19,8 @@ use pingora::server::{ExecutionPhase, Server};
 use pingora::services::listening::Service;
 
 use crate::admin::{AdminApp, Readiness};
+use crate::assertion::keys::SigningKey;
+use crate::assertion::{self as identity_assertion, Assertions};
 use crate::auth::csrf::CsrfPolicy;
 use crate::auth::{AuthApi, Pages};
 use crate::config::{Config, RedisDeployment};
@@ -158,6 +160,51 @@ pub fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `authgate assertion rotate`: adds a new signing key to the database and retires the live
+/// ones. Running gateways sign with it within [`identity_assertion::KEY_REFRESH`]; the retired
+/// keys stay published until their last assertions have expired.
+pub fn rotate_assertion_key(config: Config) -> anyhow::Result<()> {
+    telemetry::init_logging(&config.log);
+    if let Some(path) = &config.assertion.key_file {
+        anyhow::bail!(
+            "assertion.key_file is set ({}): the gateway signs with that file's key; replace the \
+             file and reload the gateway (SIGHUP) to rotate",
+            path.display()
+        );
+    }
+    let runtime = background_runtime()?;
+    let metrics = Arc::new(Metrics::new()?);
+    let storage = &config.storage;
+    let records: Arc<dyn RecordStore> = match DatabaseUrl::parse(&storage.database_url) {
+        // A running embedded gateway holds the file's lock; this command may still write.
+        Ok(DatabaseUrl::Sqlite(path)) => Arc::new(runtime.block_on(
+            SqliteStore::open_for_command(&path, storage.database_timeout, metrics),
+        )?),
+        _ => open_records(&config, &runtime, metrics)?,
+    };
+    runtime.block_on(records.migrate())?;
+    let algorithm = config.assertion.algorithm;
+    let key = SigningKey::generate(algorithm).map_err(anyhow::Error::msg)?;
+    let now = chrono::Utc::now();
+    let retired = runtime
+        .block_on(records.rotate_signing_keys(&identity_assertion::stored_form(&key, now), now))?;
+    println!(
+        "new assertion signing key {} ({}) in the {} database; {retired} key(s) retired.\n\
+         Running gateways sign with it within {} s; retired keys stay in the JWKS for \
+         assertion.lifetime + 60 s.",
+        key.kid(),
+        algorithm.name(),
+        records.backend(),
+        identity_assertion::KEY_REFRESH.as_secs(),
+    );
+    if !config.assertion.enabled {
+        println!(
+            "note: [assertion] enabled = false in this config; gateways using it sign nothing"
+        );
+    }
+    Ok(())
+}
+
 /// How `authgate run` was asked to start.
 pub struct RunOptions {
     /// The file the config was read from: hot reload re-reads it.
@@ -188,6 +235,11 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let backend = records.backend();
     let database_ready = Arc::new(AtomicBool::new(false));
     background.spawn(migrate_until_done(records.clone(), database_ready.clone()));
+    // A key file that does not load stops the start here; database keys are loaded (or
+    // generated) once the schema is ready, and until then protected routes answer 503.
+    let assertions =
+        Arc::new(Assertions::new(&config.assertion, records.clone()).map_err(anyhow::Error::msg)?);
+    background.spawn(assertions.clone().keep_current(database_ready.clone()));
 
     let (session_store, login_protection, session_cache) =
         open_sessions(&config, &background, &metrics)?;
@@ -262,10 +314,15 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         locator,
         login_protection,
         csrf: CsrfPolicy::new(&server_config.public_origins, session_config.secure_cookie),
-        pages: arc_swap::ArcSwap::from_pointee(Pages::new(&branding, session_config.secure_cookie)),
+        pages: arc_swap::ArcSwap::from_pointee(Pages::new(
+            &branding,
+            session_config.secure_cookie,
+            server_config.allowed_redirect_hosts.clone(),
+        )),
         metrics: metrics.clone(),
         min_password_length: password_config.min_length,
         database_ready: database_ready.clone(),
+        assertions: assertions.clone(),
     });
 
     let table = Arc::new(RouteTable::build(&route_configs));
@@ -316,12 +373,14 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         auth,
         metrics: metrics.clone(),
         respond: Responder::new(server_config.hsts.clone()),
+        assertions: assertions.clone(),
     };
     let readiness = Arc::new(Readiness {
         metrics: metrics.clone(),
         sessions,
         records,
         database_ready,
+        assertions,
     });
     background.spawn(readiness.clone().watch(READINESS_PROBE));
     let admin = AdminApp {

@@ -123,8 +123,9 @@ pub const REDIS_OPERATIONS: [&str; 14] = [
     "register_begin",
 ];
 /// The operations the SQL record stores time (`Calls::run`), the same for Postgres and SQLite.
-pub const DATABASE_OPERATIONS: [&str; 18] = [
+pub const DATABASE_OPERATIONS: [&str; 21] = [
     "active_sessions",
+    "add_signing_key",
     "count_active_sessions",
     "create_user",
     "credentials_by_email",
@@ -138,7 +139,9 @@ pub const DATABASE_OPERATIONS: [&str; 18] = [
     "record_event",
     "record_failed_login",
     "record_login",
+    "rotate_signing_keys",
     "set_password_hash",
+    "signing_keys",
     "upsert_device",
     "upsert_ip",
     "user",

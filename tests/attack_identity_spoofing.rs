@@ -35,6 +35,9 @@ const SPOOFED: &[(&str, &str)] = &[
     ("x-auth-request-groups", "admins"),
     ("X-AUTH-REQUEST-ACCESS-TOKEN", "forged"),
     ("X-Auth-Request-Preferred-Username", "admin"),
+    // The signed identity assertion (stripped even while the gateway signs none).
+    ("X-Authgate-Assertion", "eyJhbGciOiJub25lIn0.e30."),
+    ("x-AUTHGATE-assertion", "forged"),
 ];
 
 /// Lower-case names of the headers the upstream must never get from a client.
@@ -48,6 +51,7 @@ fn identity_header(name: &str) -> bool {
         "x-forwarded-email",
         "x-forwarded-preferred-username",
         "remote-user",
+        "x-authgate-assertion",
     ]
     .contains(&name.as_str())
         || name.starts_with("x-auth-request-")
@@ -232,6 +236,7 @@ async fn underscore_variants_of_identity_headers_never_reach_the_upstream() {
         ("Remote_User", "admin"),
         ("X_Forwarded_User", "admin"),
         ("X_Auth_Request_User", "admin"),
+        ("X_Authgate_Assertion", "forged"),
     ];
     for (path, token) in [("/public/x", None), ("/app", Some(user.token.as_str()))] {
         let (status, seen) = raw_get_with(&gateway, path, token, &lines).await;

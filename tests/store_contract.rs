@@ -23,6 +23,7 @@ use authgate::store::postgres::PostgresStore;
 use authgate::store::sqlite::{OpenError, SqliteStore};
 use authgate::store::{
     Activity, AuditKind, AuthEvent, NewUser, RecordStore, SessionEnd, SessionRecord, StoreError,
+    StoredSigningKey,
 };
 use authgate::telemetry::Metrics;
 use chrono::{DateTime, SubsecRound as _, Utc};
@@ -996,6 +997,69 @@ mod cases {
         assert_eq!(h.store.count_active_sessions().await.unwrap(), 0);
     }
 
+    fn signing_key(kid: &str, algorithm: &str, created_at: DateTime<Utc>) -> StoredSigningKey {
+        StoredSigningKey {
+            kid: kid.to_string(),
+            algorithm: algorithm.to_string(),
+            private_key: vec![0x30, 0x03, 0x02, 0x01, 0x00, 0xff],
+            created_at,
+            retired_at: None,
+        }
+    }
+
+    pub async fn signing_keys_have_one_live_key_per_algorithm_and_rotate_in_one_step(h: &Harness) {
+        let start = now() - chrono::Duration::minutes(10);
+        assert!(h.store.signing_keys(start).await.unwrap().is_empty());
+        let first = signing_key("k1", "EdDSA", start);
+        assert!(h.store.add_signing_key(&first).await.unwrap());
+        // A second gateway starting at the same moment: refused, the first key stays.
+        let racing = signing_key("k2", "EdDSA", start + chrono::Duration::seconds(1));
+        assert!(!h.store.add_signing_key(&racing).await.unwrap());
+        // Another algorithm may have its own live key.
+        let ec = signing_key("k3", "ES256", start + chrono::Duration::seconds(2));
+        assert!(h.store.add_signing_key(&ec).await.unwrap());
+        let keys = h.store.signing_keys(start).await.unwrap();
+        let kids: Vec<&str> = keys.iter().map(|key| key.kid.as_str()).collect();
+        assert_eq!(kids, ["k3", "k1"], "newest first");
+        assert_eq!(keys[1].private_key, first.private_key);
+        assert_eq!(keys[1].created_at, start);
+        assert!(keys.iter().all(|key| key.retired_at.is_none()));
+
+        let rotated_at = now();
+        let next = signing_key("k4", "EdDSA", rotated_at);
+        assert_eq!(
+            h.store
+                .rotate_signing_keys(&next, rotated_at)
+                .await
+                .unwrap(),
+            2
+        );
+        let keys = h.store.signing_keys(start).await.unwrap();
+        let state: Vec<(&str, Option<DateTime<Utc>>)> = keys
+            .iter()
+            .map(|key| (key.kid.as_str(), key.retired_at))
+            .collect();
+        assert_eq!(
+            state,
+            [
+                ("k4", None),
+                ("k3", Some(rotated_at)),
+                ("k1", Some(rotated_at))
+            ]
+        );
+        // Keys retired before the cut-off are no longer returned.
+        let later = rotated_at + chrono::Duration::seconds(1);
+        let kids: Vec<String> = h
+            .store
+            .signing_keys(later)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|key| key.kid)
+            .collect();
+        assert_eq!(kids, ["k4"]);
+    }
+
     pub async fn calls_are_measured_under_the_backend_name(h: &Harness) {
         h.store.ping().await.unwrap();
         h.store.count_active_sessions().await.unwrap();
@@ -1050,6 +1114,7 @@ contract!(
     ended_records_are_purged_after_retention,
     audit_events_are_recorded_in_order,
     concurrent_writers_all_succeed,
+    signing_keys_have_one_live_key_per_algorithm_and_rotate_in_one_step,
     calls_are_measured_under_the_backend_name,
 );
 

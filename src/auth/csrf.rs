@@ -34,6 +34,11 @@ impl CsrfPolicy {
         }
     }
 
+    /// The gateway's public origins (lower-case `scheme://host[:port]`), in config order.
+    pub fn origins(&self) -> &[String] {
+        &self.origins
+    }
+
     pub fn is_state_changing(method: &Method) -> bool {
         !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
     }

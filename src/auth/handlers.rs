@@ -353,6 +353,14 @@ impl AuthApi {
         Ok(AuthResponse::no_content().with_header("set-cookie", self.sessions.clear_cookie()))
     }
 
+    /// `GET /auth/.well-known/jwks.json`: the identity assertion's public keys (none when it
+    /// is disabled). Verifiers may cache it for a minute; a new key is used only after a
+    /// rotation, and an unknown `kid` is their cue to fetch it again.
+    pub(super) fn jwks(&self) -> AuthResponse {
+        AuthResponse::json(200, &self.assertions.jwks())
+            .with_header("cache-control", "public, max-age=60".to_string())
+    }
+
     pub(super) async fn me(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
         let (token, live) = self.authenticate(request).await?;
         self.require_database()?;

@@ -8,6 +8,7 @@ pub mod csrf;
 mod handlers;
 pub mod input;
 pub mod pages;
+pub mod redirect;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,6 +114,8 @@ pub struct AuthApi {
     pub min_password_length: usize,
     /// Set once the database schema is migrated; until then database-backed calls get 503.
     pub database_ready: Arc<AtomicBool>,
+    /// The identity assertion, whose public keys the API publishes.
+    pub assertions: Arc<crate::assertion::Assertions>,
 }
 
 impl AuthApi {
@@ -163,6 +166,7 @@ impl AuthApi {
             "/auth/register" if page => self.register_page(request).await,
             "/auth/devices" if page => self.devices_page(request).await,
             pages::STYLESHEET_PATH if page => Ok(self.pages.load().stylesheet()),
+            crate::assertion::JWKS_PATH if page => Ok(self.jwks()),
             "/auth/login" if form => self.login_form(request).await,
             "/auth/register" if form => self.register_form(request).await,
             "/auth/logout" if form => self.logout_form(request).await,
@@ -197,7 +201,8 @@ impl AuthApi {
             | "/auth/user/password"
             | "/auth/devices"
             | "/auth/devices/revoke"
-            | "/auth/devices/revoke-others" => Err(ApiError::MethodNotAllowed),
+            | "/auth/devices/revoke-others"
+            | crate::assertion::JWKS_PATH => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         }
     }

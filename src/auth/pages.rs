@@ -9,8 +9,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use http::Method;
 use uuid::Uuid;
 
-use super::csrf::{self, local_redirect};
+use super::csrf;
 use super::input::Fields;
+use super::redirect::RedirectHosts;
 use super::{AuthApi, AuthRequest, AuthResponse};
 use crate::config::BrandingConfig;
 use crate::error::{human_wait, ApiError};
@@ -30,10 +31,16 @@ pub struct Pages {
     /// Name of the CSRF double-submit cookie, and whether it is Secure.
     csrf_cookie: String,
     secure_cookie: bool,
+    /// Where a full-URL `rd` may point (`server.allowed_redirect_hosts`).
+    redirect_hosts: RedirectHosts,
 }
 
 impl Pages {
-    pub fn new(branding: &BrandingConfig, secure_cookie: bool) -> Self {
+    pub fn new(
+        branding: &BrandingConfig,
+        secure_cookie: bool,
+        redirect_hosts: RedirectHosts,
+    ) -> Self {
         let stylesheet = match &branding.accent_color {
             Some(color) => {
                 STYLESHEET.replacen("--accent: #1d4ed8;", &format!("--accent: {color};"), 1)
@@ -45,7 +52,12 @@ impl Pages {
             stylesheet,
             csrf_cookie: csrf::cookie_name(secure_cookie),
             secure_cookie,
+            redirect_hosts,
         }
+    }
+
+    pub fn redirect_hosts(&self) -> &RedirectHosts {
+        &self.redirect_hosts
     }
 
     pub fn csrf_cookie_name(&self) -> &str {
@@ -155,11 +167,15 @@ impl AuthApi {
             .map(|(_, value)| value.into_owned())
     }
 
-    /// Where to go after signing in: the `rd` the page was opened with, if it is local.
-    fn redirect_target(request: &AuthRequest, fields: Option<&Fields>) -> String {
+    /// Where to go after signing in: the `rd` the page was opened with, if it is local or a
+    /// full URL on an allowed host (`redirect.rs`).
+    fn redirect_target(&self, request: &AuthRequest, fields: Option<&Fields>) -> String {
         let from_form = fields.and_then(|f| f.optional("rd").ok().flatten().map(str::to_string));
         let target = from_form.or_else(|| Self::query_value(request, "rd"));
-        local_redirect(target.as_deref().unwrap_or("/"))
+        self.pages
+            .load()
+            .redirect_hosts
+            .target(target.as_deref().unwrap_or("/"))
     }
 
     async fn signed_in(&self, request: &AuthRequest) -> Option<(SessionToken, LiveSession)> {
@@ -174,7 +190,7 @@ impl AuthApi {
     }
 
     pub(super) async fn login_page(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
-        let rd = Self::redirect_target(request, None);
+        let rd = self.redirect_target(request, None);
         if self.signed_in(request).await.is_some() {
             return Ok(see_other(&rd));
         }
@@ -190,7 +206,7 @@ impl AuthApi {
 
     pub(super) async fn login_form(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
-        let rd = Self::redirect_target(request, Some(&fields));
+        let rd = self.redirect_target(request, Some(&fields));
         match self.login(request).await {
             Ok(api_response) => {
                 let mut response = see_other(&rd);
@@ -260,7 +276,7 @@ impl AuthApi {
         &self,
         request: &AuthRequest,
     ) -> Result<AuthResponse, ApiError> {
-        let rd = Self::redirect_target(request, None);
+        let rd = self.redirect_target(request, None);
         Ok(self.render_register(request, 200, &FormState::default(), &rd))
     }
 
@@ -269,7 +285,7 @@ impl AuthApi {
         request: &AuthRequest,
     ) -> Result<AuthResponse, ApiError> {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
-        let rd = Self::redirect_target(request, Some(&fields));
+        let rd = self.redirect_target(request, Some(&fields));
         let result = self.register(request).await;
         match result {
             Ok(_) => Ok(see_other(&format!(

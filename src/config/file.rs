@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub branding: BrandingSection,
     #[serde(default)]
     pub demo: DemoSection,
+    #[serde(default)]
+    pub assertion: AssertionSection,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
 }
@@ -63,6 +65,9 @@ pub struct ServerSection {
     /// Unix socket through which a new process (`authgate run --upgrade`) takes over the
     /// listening sockets of the running one during a binary upgrade.
     pub upgrade_sock: String,
+    /// Hosts a full-URL `rd` (after sign-in, and forward-auth's sign-in redirect) may point
+    /// at: exact hosts and `*.example.com` patterns.
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 /// `server.hsts`: `false` (off), `true` (one year), or the header value itself.
@@ -94,6 +99,7 @@ impl Default for ServerSection {
             max_connections_per_ip: 256,
             max_connections: 10_000,
             upgrade_sock: "authgate-upgrade.sock".to_string(),
+            allowed_redirect_hosts: Vec::new(),
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct SessionSection {
     pub record_retention: Duration,
     #[serde(deserialize_with = "duration")]
     pub cache_ttl: Duration,
+    /// `Domain` of the session cookie ("" : none, the cookie stays on the gateway's host).
+    pub cookie_domain: String,
 }
 
 impl Default for SessionSection {
@@ -177,6 +185,7 @@ impl Default for SessionSection {
             expiry_check_interval: Duration::from_secs(60),
             record_retention: Duration::from_secs(90 * 24 * 3600),
             cache_ttl: Duration::from_secs(2),
+            cookie_domain: String::new(),
         }
     }
 }
@@ -301,6 +310,40 @@ impl Default for DemoSection {
     }
 }
 
+/// `[assertion]`: the signed identity assertion (`X-Authgate-Assertion`) sent to upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionSection {
+    pub enabled: bool,
+    pub algorithm: AssertionAlgorithm,
+    #[serde(deserialize_with = "duration")]
+    pub lifetime: Duration,
+    /// A PEM private key; empty: keys generated and kept in the database.
+    pub key_file: String,
+}
+
+impl Default for AssertionSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithm: AssertionAlgorithm::EdDsa,
+            lifetime: Duration::from_secs(60),
+            key_file: String::new(),
+        }
+    }
+}
+
+/// `assertion.algorithm`: the JOSE name of the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AssertionAlgorithm {
+    /// Ed25519.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    /// ECDSA on P-256 with SHA-256.
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeoipSection {
@@ -372,6 +415,9 @@ pub struct RouteSection {
     pub add_request_headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimit>,
+    /// Send the signed identity assertion on this route (when `[assertion]` is enabled).
+    #[serde(default = "default_true")]
+    pub assertion: bool,
 }
 
 /// `route.rate_limit`: per client IP, on this route only (on top of `[rate_limit]`).

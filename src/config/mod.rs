@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+pub use file::AssertionAlgorithm;
 pub use file::{
     AuthMode, Balance, GeoipSection, LogFormat, LogSection, LoginProtectionSection, OnLimit,
     RateLimitSection, StorageSection,
@@ -45,7 +46,22 @@ pub struct Config {
     pub branding: BrandingConfig,
     /// Where the demo upstream listens, when `[demo]` is enabled.
     pub demo: Option<SocketAddr>,
+    pub assertion: AssertionConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[assertion]`: the signed identity assertion (`X-Authgate-Assertion`) for upstreams.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    pub enabled: bool,
+    pub algorithm: AssertionAlgorithm,
+    /// `exp - iat`: between 1 s and 60 s.
+    pub lifetime: Duration,
+    /// The PEM private key to sign with (checked to load at validation); `None`: keys
+    /// generated and kept in the database.
+    pub key_file: Option<std::path::PathBuf>,
+    /// `iss`: the first of `server.public_origin`.
+    pub issuer: String,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +101,9 @@ pub struct ServerConfig {
     pub max_connections: u32,
     /// The graceful-upgrade socket (pingora's `upgrade_sock`).
     pub upgrade_sock: String,
+    /// Hosts a full-URL sign-in `rd` may point at (`server.allowed_redirect_hosts`, plus the
+    /// hosts of `public_origins`).
+    pub allowed_redirect_hosts: crate::auth::redirect::RedirectHosts,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +124,9 @@ pub struct SessionConfig {
     /// How long a gateway may answer for a session Redis validated without asking again
     /// (zero: never; see `session/cache.rs`).
     pub cache_ttl: Duration,
+    /// The cookie's `Domain` (lower-case, no leading dot), when it is shared with subdomains;
+    /// the cookie is then `__Secure-` prefixed instead of `__Host-`.
+    pub cookie_domain: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +168,8 @@ pub struct RouteConfig {
     pub failure_cooldown: Duration,
     /// TLS to the upstreams; `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// Send the identity assertion on this route (when `[assertion]` is enabled).
+    pub assertion: bool,
 }
 
 /// Active health checks of a route's upstreams.
@@ -238,7 +262,8 @@ impl Config {
 
     /// Every key read only at start-up, with its value (`Debug`), for hot reload to report the
     /// ones a new file changes. Everything not listed here is applied by a reload: routes,
-    /// `rate_limit`, `server.strip_headers`, `login_protection`, `branding` and `log.level`.
+    /// `rate_limit`, `server.strip_headers`, `server.allowed_redirect_hosts`,
+    /// `login_protection`, `branding` and `log.level`.
     /// The destructuring has no `..`: a new key does not compile until it is classified.
     /// Values may hold secrets (a database URL with a password): report keys, never values.
     pub fn restart_only_keys(&self) -> Vec<(&'static str, String)> {
@@ -258,6 +283,7 @@ impl Config {
             geoip,
             branding: _,
             demo,
+            assertion,
             routes: _,
         } = self;
         let ServerConfig {
@@ -274,6 +300,7 @@ impl Config {
             max_connections_per_ip,
             max_connections,
             upgrade_sock,
+            allowed_redirect_hosts: _,
         } = server;
         let StorageSection {
             database_url,
@@ -301,6 +328,7 @@ impl Config {
             expiry_check_interval,
             record_retention,
             cache_ttl,
+            cookie_domain,
         } = session;
         let PasswordConfig {
             bcrypt_cost,
@@ -326,13 +354,23 @@ impl Config {
         keys.extend(keys!("session": max_sessions_per_user, on_limit, inject_user_email));
         keys.extend(keys!("session": inject_session_id, bind_session_to_user_agent));
         keys.extend(keys!("session": activity_flush_interval, expiry_check_interval));
-        keys.extend(keys!("session": cache_ttl));
+        keys.extend(keys!("session": cache_ttl, cookie_domain));
         keys.extend(keys!("session": record_retention));
         keys.extend(keys!("password": bcrypt_cost, min_length, max_concurrent_hashes));
         keys.extend(keys!("password": hash_queue_timeout));
         keys.extend(keys!("log": format));
         keys.extend(keys!("geoip": database, country_header));
         keys.push(("demo", format!("{demo:?}")));
+        // The key file's content is re-read on every reload (and every few seconds), so a
+        // replaced file takes effect without a restart; its path is read at start-up.
+        let AssertionConfig {
+            enabled,
+            algorithm,
+            lifetime,
+            key_file,
+            issuer: _,
+        } = assertion;
+        keys.extend(keys!("assertion": enabled, algorithm, lifetime, key_file));
         keys
     }
 
@@ -434,7 +472,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
 
 fn validate(file: FileConfig) -> Result<Config, Invalid> {
     let server = validate_server(file.server)?;
-    let session = validate_session(file.session)?;
+    let session = validate_session(file.session, &server.public_origins)?;
     let password = validate_password(file.password)?;
     validate_storage(&file.storage)?;
     let rate_limit = file.rate_limit;
@@ -505,6 +543,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
             "must differ from server.listen and server.admin_listen",
         ));
     }
+    let assertion = validate_assertion(file.assertion, &server)?;
     Ok(Config {
         server,
         storage: file.storage,
@@ -516,7 +555,38 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
         geoip,
         branding,
         demo,
+        assertion,
         routes,
+    })
+}
+
+/// `[assertion]`: the lifetime within bounds (an upstream must be able to trust `exp`), and a
+/// key file that loads as a key of the chosen algorithm (else the gateway could not sign).
+fn validate_assertion(
+    assertion: file::AssertionSection,
+    server: &ServerConfig,
+) -> Result<AssertionConfig, Invalid> {
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&assertion.lifetime) {
+        return Err(invalid(
+            "assertion.lifetime",
+            "must be between 1s and 60s: an assertion is a short-lived proof, and an upstream \
+             accepts it until its exp",
+        ));
+    }
+    let key_file = match assertion.key_file.trim() {
+        "" => None,
+        path => Some(std::path::PathBuf::from(path)),
+    };
+    if let (true, Some(path)) = (assertion.enabled, &key_file) {
+        crate::assertion::keys::SigningKey::from_pem_file(path, assertion.algorithm)
+            .map_err(|message| invalid("assertion.key_file", message))?;
+    }
+    Ok(AssertionConfig {
+        enabled: assertion.enabled,
+        algorithm: assertion.algorithm,
+        lifetime: assertion.lifetime,
+        key_file,
+        issuer: server.public_origins.first().cloned().unwrap_or_default(),
     })
 }
 
@@ -614,6 +684,13 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
             Some(value.to_string())
         }
     };
+    let allowed_redirect_hosts = crate::auth::redirect::RedirectHosts::parse(
+        &server.allowed_redirect_hosts,
+        &public_origins,
+    )
+    .map_err(|(index, message)| {
+        invalid(format!("server.allowed_redirect_hosts[{index}]"), message)
+    })?;
     let upgrade_sock = server.upgrade_sock.trim().to_string();
     // sockaddr_un holds at most 107 bytes of path.
     if upgrade_sock.is_empty() || upgrade_sock.len() > 100 {
@@ -640,6 +717,7 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
         max_connections_per_ip: server.max_connections_per_ip,
         max_connections: server.max_connections,
         upgrade_sock,
+        allowed_redirect_hosts,
     })
 }
 
@@ -765,7 +843,10 @@ fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
+fn validate_session(
+    session: SessionSection,
+    public_origins: &[String],
+) -> Result<SessionConfig, Invalid> {
     let name_ok = !session.cookie_name.is_empty()
         && session
             .cookie_name
@@ -809,10 +890,13 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
             "must be at least 1",
         ));
     }
-    let cookie_name = if session.secure_cookie {
-        format!("__Host-{}", session.cookie_name)
-    } else {
-        session.cookie_name
+    let cookie_domain = validate_cookie_domain(&session.cookie_domain, public_origins)?;
+    // `__Host-` forbids a Domain attribute; `__Secure-` still makes browsers refuse the cookie
+    // from plain-http pages.
+    let cookie_name = match (session.secure_cookie, &cookie_domain) {
+        (true, None) => format!("__Host-{}", session.cookie_name),
+        (true, Some(_)) => format!("__Secure-{}", session.cookie_name),
+        (false, _) => session.cookie_name,
     };
     Ok(SessionConfig {
         cookie_name,
@@ -828,7 +912,52 @@ fn validate_session(session: SessionSection) -> Result<SessionConfig, Invalid> {
         expiry_check_interval: session.expiry_check_interval,
         record_retention: session.record_retention,
         cache_ttl: session.cache_ttl,
+        cookie_domain,
     })
+}
+
+/// `session.cookie_domain`: "" (none) or a domain every `server.public_origin` lies in, since
+/// browsers refuse a cookie whose Domain does not cover the page that sets it.
+fn validate_cookie_domain(
+    domain: &str,
+    public_origins: &[String],
+) -> Result<Option<String>, Invalid> {
+    let domain = domain.trim().trim_start_matches('.').to_ascii_lowercase();
+    if domain.is_empty() {
+        return Ok(None);
+    }
+    let name_ok = domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        && domain.parse::<std::net::Ipv4Addr>().is_err();
+    if !name_ok {
+        return Err(invalid(
+            "session.cookie_domain",
+            format!("\"{domain}\" must be a domain name such as \".example.com\""),
+        ));
+    }
+    for origin in public_origins {
+        let authority = origin.split_once("://").map_or(origin.as_str(), |(_, a)| a);
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        if host != domain && !host.ends_with(&format!(".{domain}")) {
+            return Err(invalid(
+                "session.cookie_domain",
+                format!(
+                    "\"{domain}\" does not cover the gateway's origin {origin} \
+                     (server.public_origin), so browsers would refuse the cookie there; list \
+                     only origins within the domain"
+                ),
+            ));
+        }
+    }
+    Ok(Some(domain))
 }
 
 fn validate_branding(branding: file::BrandingSection) -> Result<BrandingConfig, Invalid> {
@@ -1099,6 +1228,7 @@ fn validate_route(
         max_connect_failures: route.max_connect_failures,
         failure_cooldown: route.failure_cooldown,
         tls,
+        assertion: route.assertion,
     })
 }
 
@@ -1636,6 +1766,100 @@ mod tests {
             "[server]\nstrip_headers = [\"X-Tenant-Role\"]\n{MINIMAL}add_request_headers = {{ \"X-Tenant-Role\" = \"admin\" }}\n"
         );
         assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn assertion_defaults_and_lifetime_bounds() {
+        let config = Config::parse(MINIMAL).expect("valid");
+        assert!(!config.assertion.enabled);
+        assert_eq!(config.assertion.algorithm, AssertionAlgorithm::EdDsa);
+        assert_eq!(config.assertion.lifetime, Duration::from_secs(60));
+        assert_eq!(config.assertion.issuer, "http://localhost:8080");
+        assert!(config.routes[0].assertion, "routes carry it by default");
+        let with = |lines: &str| Config::parse(&format!("[assertion]\n{lines}\n{MINIMAL}"));
+        let config = with("enabled = true\nlifetime = \"30s\"\nalgorithm = \"ES256\"").unwrap();
+        assert_eq!(config.assertion.lifetime, Duration::from_secs(30));
+        assert_eq!(config.assertion.algorithm, AssertionAlgorithm::Es256);
+        for lifetime in ["0s", "500ms", "61s", "2m", "1d"] {
+            let error = with(&format!("lifetime = \"{lifetime}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("assertion.lifetime (line 2)") && error.contains("60s"),
+                "{lifetime}: {error}"
+            );
+        }
+        let error = with("lifetime = \"soon\"").unwrap_err().to_string();
+        assert!(error.contains("assertion.lifetime"), "{error}");
+        let routed = format!("{MINIMAL}assertion = false\n");
+        assert!(!Config::parse(&routed).unwrap().routes[0].assertion);
+    }
+
+    #[test]
+    fn assertion_algorithm_names_are_the_jose_ones() {
+        for name in ["RS256", "eddsa", "Ed25519", "HS256", ""] {
+            let text = format!("[assertion]\nalgorithm = \"{name}\"\n{MINIMAL}");
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("assertion.algorithm") && error.contains("EdDSA"),
+                "{name}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn assertion_key_file_must_load_as_a_key_of_the_algorithm() {
+        let dir = std::env::temp_dir().join(format!("authgate-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with = |algorithm: &str, path: &std::path::Path| {
+            Config::parse(&format!(
+                "[assertion]\nenabled = true\nalgorithm = \"{algorithm}\"\nkey_file = \"{}\"\n{MINIMAL}",
+                path.display()
+            ))
+        };
+        let missing = dir.join("missing.pem");
+        let error = with("EdDSA", &missing).unwrap_err().to_string();
+        assert!(
+            error.starts_with("assertion.key_file (line 4)") && error.contains("cannot read"),
+            "{error}"
+        );
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let error = with("EdDSA", &not_pem).unwrap_err().to_string();
+        assert!(error.contains("no PEM private key"), "{error}");
+        // A P-256 key where Ed25519 is configured, and the other way round.
+        let ec = crate::assertion::keys::SigningKey::generate(AssertionAlgorithm::Es256).unwrap();
+        let ec_pem = dir.join("ec.pem");
+        std::fs::write(&ec_pem, pem("PRIVATE KEY", ec.pkcs8())).unwrap();
+        with("ES256", &ec_pem).expect("a P-256 PKCS#8 key for ES256");
+        let error = with("EdDSA", &ec_pem).unwrap_err().to_string();
+        assert!(error.contains("not an Ed25519"), "{error}");
+        let ed = crate::assertion::keys::SigningKey::generate(AssertionAlgorithm::EdDsa).unwrap();
+        let ed_pem = dir.join("ed.pem");
+        std::fs::write(&ed_pem, pem("PRIVATE KEY", ed.pkcs8())).unwrap();
+        with("EdDSA", &ed_pem).expect("an Ed25519 PKCS#8 key for EdDSA");
+        assert!(with("ES256", &ed_pem).is_err());
+        // Not read while assertions are off.
+        let text = format!(
+            "[assertion]\nkey_file = \"{}\"\n{MINIMAL}",
+            missing.display()
+        );
+        assert!(Config::parse(&text).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|chunk| std::str::from_utf8(chunk).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The gateway's cookies on the wire, parsed and built with the `cookie` crate: reading the
 //! session cookie from a request, the `Set-Cookie` values that set, refresh and clear it
-//! (HttpOnly, SameSite=Lax, Path=/, Secure per config, no Domain), and keeping the gateway's
+//! (HttpOnly, SameSite=Lax, Path=/, Secure per config, a Domain only with
+//! `session.cookie_domain`), and keeping the gateway's
 //! cookies (session and CSRF, in every `__Host-`/`__Secure-` spelling) away from upstreams, in
 //! both directions.
 //!
@@ -153,14 +154,17 @@ pub fn clear(config: &SessionConfig) -> String {
 
 fn build(config: &SessionConfig, value: &str, max_age_secs: u64) -> String {
     let max_age = i64::try_from(max_age_secs).unwrap_or(i64::MAX);
-    Cookie::build((config.cookie_name.as_str(), value))
+    let mut cookie = Cookie::build((config.cookie_name.as_str(), value))
         .max_age(cookie::time::Duration::seconds(max_age))
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
-        .secure(config.secure_cookie)
-        .build()
-        .to_string()
+        .secure(config.secure_cookie);
+    // `session.cookie_domain`: shared with the subdomains (then `__Secure-`, not `__Host-`).
+    if let Some(domain) = &config.cookie_domain {
+        cookie = cookie.domain(domain.as_str());
+    }
+    cookie.build().to_string()
 }
 
 #[cfg(test)]
@@ -260,6 +264,23 @@ mod tests {
         }
         assert!(!value.contains("Secure"));
         assert!(!value.contains("Domain"));
+    }
+
+    #[test]
+    fn a_cookie_domain_makes_it_secure_prefixed_with_the_domain() {
+        let text = "[server]\npublic_origin = \"https://login.example.com\"\n\
+                    [session]\nsecure_cookie = true\ncookie_domain = \".Example.com\"\n\
+                    [[route]]\nprefix = \"/\"\nupstreams = [\"127.0.0.1:1\"]\n";
+        let config = crate::config::Config::parse(text).unwrap().session;
+        let token = SessionToken::generate(crate::session::SlotTag::of_user(uuid::Uuid::new_v4()));
+        for value in [set(&config, &token, Duration::from_secs(9)), clear(&config)] {
+            assert!(value.starts_with("__Secure-authgate_session="), "{value}");
+            assert!(value.contains("; Domain=example.com"), "{value}");
+            assert!(
+                value.contains("; Secure") && value.contains("Path=/"),
+                "{value}"
+            );
+        }
     }
 
     #[test]

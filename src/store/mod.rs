@@ -216,6 +216,20 @@ pub struct AuthEvent {
     pub detail: serde_json::Value,
 }
 
+/// A signing key of the identity assertion as stored (`signing_keys`), shared by every gateway
+/// on the database. It holds a private key: deliberately not `Debug`.
+pub struct StoredSigningKey {
+    /// Derived from the public key (see `assertion/keys.rs`).
+    pub kid: String,
+    /// `"EdDSA"` or `"ES256"`.
+    pub algorithm: String,
+    /// PKCS#8 DER.
+    pub private_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    /// Set by a rotation; the key then signs no more, and stays published a little longer.
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
 #[async_trait]
 pub trait RecordStore: Send + Sync {
     /// `"postgres"` or `"sqlite"`: for logs, `/readyz` and metrics, which must not assume one.
@@ -280,6 +294,23 @@ pub trait RecordStore: Send + Sync {
     /// Deletes ended session records that ended before `before`; returns how many.
     async fn purge_ended_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn count_active_sessions(&self) -> Result<i64, StoreError>;
+
+    /// Assertion signing keys that are live or were retired after `retired_after`, newest
+    /// first.
+    async fn signing_keys(
+        &self,
+        retired_after: DateTime<Utc>,
+    ) -> Result<Vec<StoredSigningKey>, StoreError>;
+    /// Adds `key` unless a live key of its algorithm exists already (another gateway may have
+    /// added one a moment ago); whether it was added.
+    async fn add_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError>;
+    /// Retires every live key at `at` and adds `key`, in one transaction; how many keys it
+    /// retired.
+    async fn rotate_signing_keys(
+        &self,
+        key: &StoredSigningKey,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::sql::Calls;
 use super::{
     ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord, NewUser, RecordStore,
-    SessionEnd, SessionRecord, StoreError, User,
+    SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
 };
 use crate::model::TokenHash;
 use crate::telemetry::{Metrics, Store};
@@ -427,6 +427,81 @@ impl RecordStore for PostgresStore {
                 sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'active'")
                     .fetch_one(&self.pool),
             )
+            .await
+    }
+    async fn signing_keys(
+        &self,
+        retired_after: DateTime<Utc>,
+    ) -> Result<Vec<StoredSigningKey>, StoreError> {
+        self.calls
+            .run("signing_keys", async {
+                let rows = sqlx::query(
+                    "SELECT kid, algorithm, private_key, created_at, retired_at FROM signing_keys \
+                     WHERE retired_at IS NULL OR retired_at > $1 ORDER BY created_at DESC, kid",
+                )
+                .bind(retired_after)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StoredSigningKey {
+                            kid: row.try_get("kid")?,
+                            algorithm: row.try_get("algorithm")?,
+                            private_key: row.try_get("private_key")?,
+                            created_at: row.try_get("created_at")?,
+                            retired_at: row.try_get("retired_at")?,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn add_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "add_signing_key",
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.kid)
+                .bind(&key.algorithm)
+                .bind(&key.private_key)
+                .bind(key.created_at)
+                .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() == 1)
+    }
+
+    async fn rotate_signing_keys(
+        &self,
+        key: &StoredSigningKey,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.calls
+            .run("rotate_signing_keys", async {
+                let mut transaction = self.pool.begin().await?;
+                let retired =
+                    sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+                        .bind(at)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected();
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, created_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&key.kid)
+                .bind(&key.algorithm)
+                .bind(&key.private_key)
+                .bind(key.created_at)
+                .execute(&mut *transaction)
+                .await?;
+                transaction.commit().await?;
+                Ok(retired)
+            })
             .await
     }
 }

@@ -6,10 +6,11 @@
 //! `migrations/sqlite`) and the translation of Postgres types into SQLite's (UUIDs, times and
 //! addresses as TEXT; the forms are described at the top of the first migration).
 //!
-//! Must not: let a second process open the same file (the lock refuses it: several gateways
-//! need Postgres and Redis); differ from `postgres.rs` in anything a caller can observe (the
-//! store contract tests run one set of cases against both); block the async runtime (sqlx runs
-//! each SQLite connection on its own worker thread).
+//! Must not: let a second gateway open the same file (the lock refuses it: several gateways
+//! need Postgres and Redis; an operator command that changes a few rows may, see
+//! [`SqliteStore::open_for_command`]); differ from `postgres.rs` in anything a caller can
+//! observe (the store contract tests run one set of cases against both); block the async
+//! runtime (sqlx runs each SQLite connection on its own worker thread).
 //!
 //! Why `synchronous = FULL` rather than NORMAL: in WAL mode both survive a crashed or killed
 //! process without corruption or loss, since a commit is in the WAL (in the OS page cache)
@@ -38,7 +39,7 @@ use uuid::Uuid;
 use super::sql::Calls;
 use super::{
     ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord, NewUser, RecordStore,
-    SessionEnd, SessionRecord, StoreError, User,
+    SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
 };
 use crate::model::TokenHash;
 use crate::telemetry::{Metrics, Store};
@@ -86,8 +87,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
     calls: Calls,
     /// Holds the advisory lock for as long as the store lives; the kernel releases it when
-    /// the process ends, however it ends (so a SIGKILL leaves no stale lock behind).
-    _lock: File,
+    /// the process ends, however it ends (so a SIGKILL leaves no stale lock behind). `None`
+    /// for an operator command ([`SqliteStore::open_for_command`]).
+    _lock: Option<File>,
 }
 
 /// `<database>.lock`, beside the database file.
@@ -149,6 +151,28 @@ impl SqliteStore {
         metrics: Arc<Metrics>,
     ) -> Result<Self, OpenError> {
         let lock = take_lock(database)?;
+        Self::connect(database, max_connections, timeout, metrics, Some(lock)).await
+    }
+
+    /// For an operator command that changes a few rows and exits (`authgate assertion
+    /// rotate`), possibly while the gateway runs on the file: without the single-instance
+    /// lock, which keeps a second *gateway* (with in-process sessions of its own) off the file.
+    /// SQLite's own locking (WAL, the busy timeout) keeps the two processes' writes safe.
+    pub async fn open_for_command(
+        database: &Path,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OpenError> {
+        Self::connect(database, 1, timeout, metrics, None).await
+    }
+
+    async fn connect(
+        database: &Path,
+        max_connections: u32,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        lock: Option<File>,
+    ) -> Result<Self, OpenError> {
         let open_error = |source| OpenError::Open {
             database: database.to_path_buf(),
             source,
@@ -675,6 +699,82 @@ impl RecordStore for SqliteStore {
                 sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'active'")
                     .fetch_one(&self.pool),
             )
+            .await
+    }
+
+    async fn signing_keys(
+        &self,
+        retired_after: DateTime<Utc>,
+    ) -> Result<Vec<StoredSigningKey>, StoreError> {
+        self.calls
+            .run("signing_keys", async {
+                let rows = sqlx::query(
+                    "SELECT kid, algorithm, private_key, created_at, retired_at FROM signing_keys \
+                     WHERE retired_at IS NULL OR retired_at > ?1 ORDER BY created_at DESC, kid",
+                )
+                .bind(time(retired_after))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StoredSigningKey {
+                            kid: row.try_get("kid")?,
+                            algorithm: row.try_get("algorithm")?,
+                            private_key: row.try_get("private_key")?,
+                            created_at: get_time(row, "created_at")?,
+                            retired_at: get_optional_time(row, "retired_at")?,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn add_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "add_signing_key",
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, created_at) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.kid)
+                .bind(&key.algorithm)
+                .bind(&key.private_key)
+                .bind(time(key.created_at))
+                .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() == 1)
+    }
+
+    async fn rotate_signing_keys(
+        &self,
+        key: &StoredSigningKey,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.calls
+            .run("rotate_signing_keys", async {
+                let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let retired =
+                    sqlx::query("UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL")
+                        .bind(time(at))
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected();
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, created_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .bind(&key.kid)
+                .bind(&key.algorithm)
+                .bind(&key.private_key)
+                .bind(time(key.created_at))
+                .execute(&mut *transaction)
+                .await?;
+                transaction.commit().await?;
+                Ok(retired)
+            })
             .await
     }
 }
