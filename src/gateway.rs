@@ -664,18 +664,26 @@ impl Gateway {
         ))
     }
 
-    /// The gateway origin a browser signs in at: the `server.public_origin` on the original
-    /// URL's host when there is one (the proxy routes `/auth/` there), else the first.
+    /// The gateway origin a browser signs in at: the `server.public_origin` with the original
+    /// URL's scheme and host when there is one (the proxy routes `/auth/` there), else one
+    /// with its host, else the first.
     fn sign_in_origin(&self, original: &str) -> &str {
+        // `scheme://host` of a URL (no port, path or query).
+        fn site(url: &str) -> (&str, &str) {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            (
+                scheme,
+                rest.split(['/', '?', '#', ':']).next().unwrap_or(""),
+            )
+        }
         let origins = self.auth.csrf.origins();
-        let same_host = origins.iter().find(|origin| {
-            let host_of = |url: &str| {
-                let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-                rest.split(['/', '?', ':']).next().unwrap_or("").to_string()
-            };
-            host_of(origin) == host_of(original)
-        });
-        same_host.or(origins.first()).map_or("", String::as_str)
+        let (scheme, host) = site(original);
+        let same_site = origins.iter().find(|origin| site(origin) == (scheme, host));
+        let same_host = || origins.iter().find(|origin| site(origin).1 == host);
+        same_site
+            .or_else(same_host)
+            .or(origins.first())
+            .map_or("", String::as_str)
     }
 
     /// No usable session: 401 JSON, or a 302 to `sign_in` when given; a dead cookie is

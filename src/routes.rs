@@ -33,6 +33,8 @@ pub struct Route {
     pub auth: AuthMode,
     /// Whether requests on it carry the identity assertion (when `[assertion]` is enabled).
     pub assertion: bool,
+    /// The assertion's `aud` here (see [`Route::audience`]).
+    audience: String,
     case_insensitive: bool,
     allow_encoded_slash: bool,
     strip_prefix: bool,
@@ -85,6 +87,11 @@ impl Route {
             host: config.host.clone(),
             auth: config.auth,
             assertion: config.assertion,
+            audience: match &config.host {
+                Some(host) if config.prefix == "/" => host.clone(),
+                Some(host) => format!("{host}{}", config.prefix),
+                None => config.prefix.clone(),
+            },
             case_insensitive: config.case_insensitive,
             allow_encoded_slash: config.allow_encoded_slash,
             strip_prefix: config.strip_prefix,
@@ -124,11 +131,13 @@ impl Route {
         }
     }
 
-    /// The identity assertion's `aud` on this route: its `host` when it has one (the app is
-    /// that site), else its prefix (apps behind one host told apart by path). An upstream
-    /// checks `aud` so that an assertion made for another app is not accepted by it.
+    /// The identity assertion's `aud` on this route: its `host` when it has one and its
+    /// prefix is `/` (the app is that site), `host` + prefix for a narrower route on a host
+    /// (`app.example.com/admin/`), else its prefix (apps behind one host told apart by path).
+    /// An upstream checks `aud` so that an assertion made for another app is not accepted by
+    /// it: no two routes share one.
     pub fn audience(&self) -> &str {
-        self.host.as_deref().unwrap_or(&self.prefix)
+        &self.audience
     }
 
     /// The headers `add_request_headers` sets on every forwarded request.

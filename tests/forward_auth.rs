@@ -256,6 +256,17 @@ async fn forwarded_headers_from_an_untrusted_peer_never_make_a_redirect() {
     assert_unauthenticated(response, "untrusted peer").await;
 }
 
+/// The rendered `gateway.toml` with `server.public_origin` set to `origins(the current value)`.
+fn with_public_origins(text: String, origins: impl FnOnce(&str) -> String) -> String {
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("public_origin = "))
+        .expect("a public_origin line")
+        .to_string();
+    let current = line.trim_start_matches("public_origin = ");
+    text.replace(&line, &format!("public_origin = {}", origins(current)))
+}
+
 /// The CSRF token of the sign-in page opened at `path`, and the page's hidden `rd`.
 async fn sign_in_page(gateway: &Gateway, path: &str) -> (String, String) {
     let page = gateway.get(path, None).await;
@@ -401,16 +412,7 @@ async fn allowed_redirect_hosts_are_checked_and_reloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_domain_shares_a_secure_prefixed_cookie_and_keeps_the_origin_rules() {
     let gateway = Gateway::start_with_edited(beside_a_proxy(), |text| {
-        let origin_line = text
-            .lines()
-            .find(|line| line.starts_with("public_origin = "))
-            .unwrap()
-            .to_string();
-        text.replace(
-            &origin_line,
-            "public_origin = \"https://login.example.test\"",
-        )
-        .replace(
+        with_public_origins(text, |_| "\"https://login.example.test\"".to_string()).replace(
             "secure_cookie = false",
             "secure_cookie = true\ncookie_domain = \".example.test\"",
         )
@@ -528,5 +530,52 @@ async fn a_cookie_domain_must_cover_the_gateway_origin() {
     assert!(
         stderr.contains("session.cookie_domain") && stderr.contains("server.public_origin"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_page_is_on_the_public_origin_of_the_forwarded_scheme_and_host() {
+    // The proxy routes /auth/ to authgate on the app's host, over both schemes.
+    let gateway = Gateway::start_with_edited(beside_a_proxy(), |text| {
+        with_public_origins(text, |own| {
+            format!(
+                "[{own}, \"http://{APP_HOST}\", \"https://{APP_HOST}\", \
+                 \"https://other.apps.example.test\"]"
+            )
+        })
+    })
+    .await;
+    let location =
+        |response: &reqwest::Response| response.headers()["location"].to_str().unwrap().to_string();
+
+    let secure = verify(&gateway, "GET", None, &forwarded(APP_HOST, "/a")).await;
+    assert_eq!(secure.status(), 302);
+    assert!(
+        location(&secure).starts_with(&format!("https://{APP_HOST}/auth/login?rd=")),
+        "{}",
+        location(&secure)
+    );
+
+    let mut plain = forwarded(APP_HOST, "/a");
+    plain[1] = ("X-Forwarded-Proto", "http");
+    let plain = verify(&gateway, "GET", None, &plain).await;
+    assert!(
+        location(&plain).starts_with(&format!("http://{APP_HOST}/auth/login?rd=")),
+        "{}",
+        location(&plain)
+    );
+
+    // An allowed host that is no public origin signs in at the first public origin.
+    let elsewhere = verify(
+        &gateway,
+        "GET",
+        None,
+        &forwarded("x.apps.example.test", "/"),
+    )
+    .await;
+    assert!(
+        location(&elsewhere).starts_with(&format!("{}/auth/login?rd=", gateway.public_origin())),
+        "{}",
+        location(&elsewhere)
     );
 }

@@ -278,10 +278,11 @@ async fn protected_requests_carry_an_assertion_an_independent_verifier_accepts()
 }
 
 #[tokio::test]
-async fn the_audience_is_the_routes_host_when_it_has_one() {
+async fn the_audience_is_the_routes_host_and_narrower_routes_add_their_prefix() {
     let routes = vec![
         RouteSpec::required("/", Upstream::Echo),
         RouteSpec::required("/", Upstream::Echo).with("host = \"app.example\""),
+        RouteSpec::required("/admin/", Upstream::Echo).with("host = \"app.example\""),
         RouteSpec::required("/api/", Upstream::Echo),
     ];
     let gateway =
@@ -296,6 +297,11 @@ async fn the_audience_is_the_routes_host_when_it_has_one() {
         .get_with("/x", Some(&user.token), &[("host", "app.example")])
         .await;
     assert_eq!(audience(echoed(on_host).await), "app.example");
+    // Another app on the same host: an assertion for one must not pass at the other.
+    let on_admin = gateway
+        .get_with("/admin/x", Some(&user.token), &[("host", "app.example")])
+        .await;
+    assert_eq!(audience(echoed(on_admin).await), "app.example/admin/");
     let on_api = gateway.get("/api/v1", Some(&user.token)).await;
     assert_eq!(audience(echoed(on_api).await), "/api/");
 }

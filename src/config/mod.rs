@@ -639,7 +639,14 @@ fn validate_server(server: ServerSection) -> Result<ServerConfig, Invalid> {
         let authority = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
-        if authority.is_none_or(|rest| rest.is_empty() || rest.contains('/')) {
+        // A host name or IP literal and a port: no path, query, fragment or userinfo.
+        let authority_ok = |rest: &str| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        };
+        if !authority.is_some_and(authority_ok) {
             return Err(invalid(
                 format!("server.public_origin[{index}]"),
                 format!(
@@ -1506,6 +1513,39 @@ mod tests {
         let text = format!("[session]\nsecure_cookie = true\n{MINIMAL}");
         let config = Config::parse(&text).expect("valid");
         assert_eq!(config.session.cookie_name, "__Host-authgate_session");
+    }
+
+    #[test]
+    fn public_origins_are_scheme_host_and_port_only() {
+        for bad in [
+            "https://evil.com#.example.com",
+            "https://evil.com?.example.com",
+            "https://user@example.com",
+            "https://example.com/path",
+            "ftp://example.com",
+            "https://",
+        ] {
+            let text = format!("[server]\npublic_origin = \"{bad}\"\n{MINIMAL}");
+            let error = Config::parse(&text).expect_err(bad).to_string();
+            assert!(error.contains("server.public_origin[0]"), "{bad}: {error}");
+        }
+        for good in [
+            "https://app.example.com",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+        ] {
+            let text = format!("[server]\npublic_origin = \"{good}\"\n{MINIMAL}");
+            assert!(Config::parse(&text).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn session_cache_ttl_is_at_most_a_minute() {
+        let text = format!("[session]\ncache_ttl = \"61s\"\n{MINIMAL}");
+        let error = Config::parse(&text).expect_err("61s").to_string();
+        assert!(error.contains("session.cache_ttl"), "{error}");
+        let text = format!("[session]\ncache_ttl = \"60s\"\n{MINIMAL}");
+        assert!(Config::parse(&text).is_ok());
     }
 
     #[test]
