@@ -371,13 +371,8 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(identity) = &ctx.identity {
-            let config = self.sessions.config();
-            upstream_request.insert_header(identity::USER_ID, identity.user_id.to_string())?;
-            if config.inject_user_email {
-                upstream_request.insert_header(identity::USER_EMAIL, identity.email.as_str())?;
-            }
-            if config.inject_session_id {
-                upstream_request.insert_header(identity::SESSION_ID, identity.id.to_string())?;
+            for (name, value) in self.identity_headers(identity) {
+                upstream_request.insert_header(name, value)?;
             }
         }
         if let Some(assertion) = &ctx.assertion {
@@ -553,43 +548,24 @@ impl Gateway {
     }
 
     /// Step 7: a protected route needs a live session. One Redis round trip validates it and
-    /// slides its idle expiry.
+    /// slides its idle expiry. Whether the request was answered here.
     async fn authorize(
         &self,
         session: &mut Session,
         ctx: &mut RequestContext,
         client_ip: IpAddr,
     ) -> pingora::Result<bool> {
-        match self
-            .sessions
-            .lookup(&session.req_header().headers, client_ip)
-            .await
-        {
-            Ok(Lookup::Valid {
-                token,
-                session: live,
-                refresh_cookie,
-            }) => {
-                self.metrics.decision(Decision::Allowed);
-                if refresh_cookie {
-                    ctx.set_cookie = Some(self.sessions.refresh_cookie(&token, &live));
-                }
-                ctx.identity = Some(live.data);
-                Ok(false)
-            }
-            Ok(lookup) => {
-                // People get the sign-in page, and come back here afterwards.
-                let sign_in = is_browser_navigation(session.req_header())
-                    .then(|| sign_in_location(session.req_header()));
-                self.refuse_unauthenticated(session, &lookup, sign_in)
-                    .await?;
-                Ok(true)
-            }
-            Err(store_error) => {
-                self.refuse_unavailable(session, &store_error).await?;
-                Ok(true)
-            }
-        }
+        // People get the sign-in page, and come back here afterwards.
+        let sign_in = |request: &RequestHeader| {
+            is_browser_navigation(request).then(|| sign_in_location(request))
+        };
+        let Some((identity, cookie)) = self.check_session(session, client_ip, sign_in).await?
+        else {
+            return Ok(true);
+        };
+        ctx.set_cookie = cookie;
+        ctx.identity = Some(identity);
+        Ok(false)
     }
 
     /// `/auth/verify`, the forward-auth check (nginx `auth_request`, Traefik ForwardAuth,
@@ -604,6 +580,29 @@ impl Gateway {
         ctx: &mut RequestContext,
         client_ip: IpAddr,
     ) -> pingora::Result<()> {
+        let sign_in = |request: &RequestHeader| self.forwarded_sign_in_location(request);
+        let Some((identity, cookie)) = self.check_session(session, client_ip, sign_in).await?
+        else {
+            return Ok(());
+        };
+        let mut headers = self.identity_headers(&identity);
+        headers.extend(cookie.map(|cookie| ("set-cookie", cookie)));
+        ctx.identity = Some(identity);
+        self.respond
+            .send(session, 200, None, &headers, Vec::new())
+            .await
+    }
+
+    /// The session check of step 7 and `/auth/verify`: the live session's identity and, when
+    /// the browser's cookie expiry needs moving, the refreshed `Set-Cookie`. Otherwise the
+    /// refusal is written here (`None`): 401, or a 302 to `sign_in`'s location when it gives
+    /// one, or 503 when the session store is down.
+    async fn check_session(
+        &self,
+        session: &mut Session,
+        client_ip: IpAddr,
+        sign_in: impl FnOnce(&RequestHeader) -> Option<String>,
+    ) -> pingora::Result<Option<(SessionData, Option<String>)>> {
         match self
             .sessions
             .lookup(&session.req_header().headers, client_ip)
@@ -615,28 +614,35 @@ impl Gateway {
                 refresh_cookie,
             }) => {
                 self.metrics.decision(Decision::Allowed);
-                let config = self.sessions.config();
-                let mut headers = vec![(identity::USER_ID, live.data.user_id.to_string())];
-                if config.inject_user_email {
-                    headers.push((identity::USER_EMAIL, live.data.email.clone()));
-                }
-                if config.inject_session_id {
-                    headers.push((identity::SESSION_ID, live.data.id.to_string()));
-                }
-                if refresh_cookie {
-                    headers.push(("set-cookie", self.sessions.refresh_cookie(&token, &live)));
-                }
-                ctx.identity = Some(live.data);
-                self.respond
-                    .send(session, 200, None, &headers, Vec::new())
-                    .await
+                let cookie = refresh_cookie.then(|| self.sessions.refresh_cookie(&token, &live));
+                Ok(Some((live.data, cookie)))
             }
             Ok(lookup) => {
-                let sign_in = self.forwarded_sign_in_location(session.req_header());
-                self.refuse_unauthenticated(session, &lookup, sign_in).await
+                let location = sign_in(session.req_header());
+                self.refuse_unauthenticated(session, &lookup, location)
+                    .await?;
+                Ok(None)
             }
-            Err(store_error) => self.refuse_unavailable(session, &store_error).await,
+            Err(store_error) => {
+                self.refuse_unavailable(session, &store_error).await?;
+                Ok(None)
+            }
         }
+    }
+
+    /// The identity headers the gateway vouches for: `X-User-Id`, and `X-User-Email` /
+    /// `X-Session-Id` when `session.inject_*` says so. Sent upstream on a protected route,
+    /// and answered by `/auth/verify`.
+    fn identity_headers(&self, identity: &SessionData) -> Vec<(&'static str, String)> {
+        let config = self.sessions.config();
+        let mut headers = vec![(identity::USER_ID, identity.user_id.to_string())];
+        if config.inject_user_email {
+            headers.push((identity::USER_EMAIL, identity.email.clone()));
+        }
+        if config.inject_session_id {
+            headers.push((identity::SESSION_ID, identity.id.to_string()));
+        }
+        headers
     }
 
     /// For `/auth/verify`: the sign-in page, with `rd` = the URL the browser asked the proxy

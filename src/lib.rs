@@ -42,4 +42,21 @@ pub mod test_support {
         }
         map
     }
+
+    /// A live session's data for unit tests: fresh ids, loopback IP, no device or location.
+    pub fn session_data() -> crate::session::SessionData {
+        crate::session::SessionData {
+            id: uuid::Uuid::new_v4(),
+            user_id: uuid::Uuid::new_v4(),
+            email: "ada@example.com".to_string(),
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            user_agent: String::new(),
+            device_id: None,
+            device_label: String::new(),
+            ip_id: None,
+            location: None,
+            created_at_ms: 0,
+            absolute_expiry_ms: 0,
+        }
+    }
 }

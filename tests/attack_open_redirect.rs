@@ -105,37 +105,6 @@ fn expected_for(rd: &str) -> &str {
     }
 }
 
-/// The CSRF token and the hidden `rd` field of the sign-in page opened with `?rd=`.
-async fn sign_in_page(gateway: &Gateway, rd: &str) -> (String, String) {
-    let page = gateway.get(&query_rd(rd), None).await;
-    assert_eq!(page.status(), 200, "sign-in page for rd {rd:?}");
-    let csrf = set_cookies(&page)
-        .into_iter()
-        .find(|c| c.name == "authgate_csrf")
-        .expect("the sign-in page sets the CSRF cookie")
-        .value;
-    let html = page.text().await.unwrap();
-    let hidden = hidden_field(&html, "rd").unwrap_or_else(|| panic!("no rd field in {html}"));
-    let token = hidden_field(&html, "csrf_token").expect("no csrf_token field");
-    assert_eq!(token, csrf, "the page's token is not its cookie's");
-    (csrf, hidden)
-}
-
-/// `value` of `<input ... name="{name}" value="...">`, HTML entities decoded.
-fn hidden_field(html: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker)? + marker.len();
-    let end = start + html[start..].find('"')?;
-    Some(
-        html[start..end]
-            .replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&"),
-    )
-}
-
 async fn post_sign_in_form(
     gateway: &Gateway,
     path: &str,
@@ -191,7 +160,7 @@ async fn sign_in_form_never_redirects_off_site() {
     for rd in OFF_SITE.iter().chain(LOCAL) {
         let want = expected_for(rd);
         // The page opened from the phishing link already neutralises the target...
-        let (csrf, hidden_rd) = sign_in_page(&gateway, rd).await;
+        let (csrf, hidden_rd) = sign_in_page(&gateway, &query_rd(rd)).await;
         assert_eq!(hidden_rd, want, "rd {rd:?}: the page's hidden rd field");
         // ...and so does the post, whether rd comes in the form or only in the query.
         let mut fields = credentials.to_vec();
@@ -213,7 +182,7 @@ async fn sign_up_form_never_forwards_an_off_site_target() {
         "/%2F/evil.com",
         "/\\evil.com",
     ] {
-        let (csrf, _) = sign_in_page(&gateway, "/").await;
+        let (csrf, _) = sign_in_page(&gateway, &query_rd("/")).await;
         let email = unique_email();
         let password = strong_password();
         let response = post_sign_in_form(
@@ -270,7 +239,7 @@ async fn the_redirect_to_sign_in_carries_the_original_path_url_encoded() {
     let email = unique_email();
     let password = strong_password();
     gateway.register(&email, &password).await;
-    let (csrf, hidden) = sign_in_page(&gateway, &decoded).await;
+    let (csrf, hidden) = sign_in_page(&gateway, &query_rd(&decoded)).await;
     let response = post_sign_in_form(
         &gateway,
         "/auth/login",

@@ -267,22 +267,6 @@ fn with_public_origins(text: String, origins: impl FnOnce(&str) -> String) -> St
     text.replace(&line, &format!("public_origin = {}", origins(current)))
 }
 
-/// The CSRF token of the sign-in page opened at `path`, and the page's hidden `rd`.
-async fn sign_in_page(gateway: &Gateway, path: &str) -> (String, String) {
-    let page = gateway.get(path, None).await;
-    assert_eq!(page.status(), 200, "{path}");
-    let csrf = set_cookies(&page)
-        .into_iter()
-        .find(|c| c.name == "authgate_csrf")
-        .expect("the sign-in page sets the CSRF cookie")
-        .value;
-    let html = page.text().await.unwrap();
-    let marker = "name=\"rd\" value=\"";
-    let start = html.find(marker).expect("an rd field") + marker.len();
-    let end = start + html[start..].find('"').unwrap();
-    (csrf, html[start..end].replace("&amp;", "&"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sign_in_flow_returns_the_browser_to_the_original_url() {
     let gateway = Gateway::start_with(beside_a_proxy()).await;

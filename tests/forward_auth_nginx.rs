@@ -362,21 +362,6 @@ fn sign_in_redirect(response: &reqwest::Response) -> (String, String) {
     (path_and_query, rd)
 }
 
-/// `value` of `<input ... name="{name}" value="...">`, HTML entities decoded.
-fn hidden_field(html: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker)? + marker.len();
-    let end = start + html[start..].find('"')?;
-    Some(
-        html[start..end]
-            .replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_nginx_signed_out_browsers_go_to_sign_in_and_api_calls_get_401() {
     let beside = Beside::start().await;

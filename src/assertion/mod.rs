@@ -470,19 +470,7 @@ mod tests {
     use super::*;
 
     fn identity() -> SessionData {
-        SessionData {
-            id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            email: "ada@example.com".to_string(),
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            user_agent: String::new(),
-            device_id: None,
-            device_label: String::new(),
-            ip_id: None,
-            location: None,
-            created_at_ms: 0,
-            absolute_expiry_ms: 0,
-        }
+        crate::test_support::session_data()
     }
 
     fn with_key(algorithm: AssertionAlgorithm) -> Assertions {

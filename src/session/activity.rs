@@ -60,19 +60,7 @@ mod tests {
     use super::*;
 
     fn session() -> SessionData {
-        SessionData {
-            id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            email: "a@b.co".to_string(),
-            ip: "127.0.0.1".parse().unwrap(),
-            user_agent: String::new(),
-            device_id: None,
-            device_label: String::new(),
-            ip_id: None,
-            location: None,
-            created_at_ms: 0,
-            absolute_expiry_ms: 0,
-        }
+        crate::test_support::session_data()
     }
 
     #[test]

@@ -2311,6 +2311,38 @@ pub async fn assert_refused_429(response: reqwest::Response, code: &str, max_sec
     assert_json_error(response, 429, code).await;
 }
 
+/// `value` of `<input ... name="{name}" value="...">`, HTML entities decoded.
+pub fn hidden_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = start + html[start..].find('"')?;
+    Some(
+        html[start..end]
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The sign-in page opened at `path` (`/auth/login?rd=...`): its CSRF token (the cookie, which
+/// must equal the page's `csrf_token` field) and its hidden `rd` field.
+pub async fn sign_in_page(gateway: &Gateway, path: &str) -> (String, String) {
+    let page = gateway.get(path, None).await;
+    assert_eq!(page.status(), 200, "sign-in page {path}");
+    let csrf = set_cookies(&page)
+        .into_iter()
+        .find(|c| c.name == "authgate_csrf")
+        .expect("the sign-in page sets the CSRF cookie")
+        .value;
+    let html = page.text().await.unwrap();
+    let hidden = hidden_field(&html, "rd").unwrap_or_else(|| panic!("no rd field in {html}"));
+    let token = hidden_field(&html, "csrf_token").expect("no csrf_token field");
+    assert_eq!(token, csrf, "the page's token is not its cookie's");
+    (csrf, hidden)
+}
+
 /// The sign-in page's CSRF token (cookie value = hidden field value).
 pub async fn csrf_token(gateway: &Gateway) -> String {
     let page = gateway.get("/auth/login", None).await;
