@@ -20,6 +20,13 @@ pub enum ApiError {
     AccountDisabled,
     /// 403: a cross-site or token-less browser request (CSRF defence).
     Forbidden(String),
+    /// 403: `access.registration = "closed"`: no new accounts.
+    RegistrationClosed,
+    /// 403: the address is not at a domain of `access.allowed_email_domains` (the rule, in
+    /// words).
+    EmailDomainNotAllowed(String),
+    /// 403: signed in, but not on the route's allow list (the user's email, for the message).
+    NotAllowed(String),
     NotFound,
     MethodNotAllowed,
     /// 409: the field whose value is already taken.
@@ -88,7 +95,11 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => 400,
             ApiError::InvalidCredentials | ApiError::Unauthenticated => 401,
-            ApiError::AccountDisabled | ApiError::Forbidden(_) => 403,
+            ApiError::AccountDisabled
+            | ApiError::Forbidden(_)
+            | ApiError::RegistrationClosed
+            | ApiError::EmailDomainNotAllowed(_)
+            | ApiError::NotAllowed(_) => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::Conflict(_) | ApiError::SessionLimit(_) | ApiError::CredentialsChanged => 409,
@@ -118,6 +129,9 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::AccountDisabled => "account_disabled",
             ApiError::Forbidden(_) => "csrf_failed",
+            ApiError::RegistrationClosed => "registration_closed",
+            ApiError::EmailDomainNotAllowed(_) => "email_domain_not_allowed",
+            ApiError::NotAllowed(_) => "access_denied",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict("email") => "email_taken",
@@ -153,6 +167,18 @@ impl ApiError {
             ApiError::Unauthenticated => "sign-in required".to_string(),
             ApiError::AccountDisabled => "this account is disabled".to_string(),
             ApiError::Forbidden(message) => message.clone(),
+            ApiError::RegistrationClosed => {
+                "registration is closed (access.registration); ask an administrator for an \
+                 account"
+                    .to_string()
+            }
+            ApiError::EmailDomainNotAllowed(rule) => {
+                format!("registration is limited to email addresses at {rule}")
+            }
+            ApiError::NotAllowed(email) => format!(
+                "{email} is signed in but not allowed here (the route's allow list); ask an \
+                 administrator for access, or sign in with another account"
+            ),
             ApiError::NotFound => "no such endpoint".to_string(),
             ApiError::MethodNotAllowed => "method not allowed on this endpoint".to_string(),
             ApiError::Conflict(field) => format!("that {field} is already registered"),

@@ -563,9 +563,43 @@ impl Gateway {
         else {
             return Ok(true);
         };
+        let allow = ctx.route.as_ref().and_then(|route| route.allow.as_ref());
+        if allow.is_some_and(|allow| !allow.permits(&identity.email, &identity.roles)) {
+            self.refuse_not_allowed(session, &identity, cookie).await?;
+            ctx.identity = Some(identity);
+            return Ok(true);
+        }
+        self.metrics.decision(Decision::Allowed);
         ctx.set_cookie = cookie;
         ctx.identity = Some(identity);
         Ok(false)
+    }
+
+    /// Signed in, but the route's allow list names neither the user's email, nor its domain,
+    /// nor one of its roles: 403, as a page for a browser's page load, else JSON. The upstream
+    /// never sees the request. The session stays valid (and its cookie fresh): other routes
+    /// may serve this user.
+    async fn refuse_not_allowed(
+        &self,
+        session: &mut Session,
+        identity: &SessionData,
+        cookie: Option<String>,
+    ) -> pingora::Result<()> {
+        self.metrics.decision(Decision::Forbidden);
+        let error = ApiError::NotAllowed(identity.email.clone());
+        let cookie: Vec<_> = cookie
+            .map(|cookie| ("set-cookie", cookie))
+            .into_iter()
+            .collect();
+        if !is_browser_navigation(session.req_header()) {
+            return self.respond.api_error(session, &error, &cookie).await;
+        }
+        let page = self.auth.pages.load().access_denied(&error);
+        let mut headers = page.headers;
+        headers.extend(cookie);
+        self.respond
+            .send(session, page.status, page.content_type, &headers, page.body)
+            .await
     }
 
     /// `/auth/verify`, the forward-auth check (nginx `auth_request`, Traefik ForwardAuth,
@@ -585,6 +619,7 @@ impl Gateway {
         else {
             return Ok(());
         };
+        self.metrics.decision(Decision::Allowed);
         let mut headers = self.identity_headers(&identity);
         headers.extend(cookie.map(|cookie| ("set-cookie", cookie)));
         ctx.identity = Some(identity);
@@ -613,7 +648,6 @@ impl Gateway {
                 session: live,
                 refresh_cookie,
             }) => {
-                self.metrics.decision(Decision::Allowed);
                 let cookie = refresh_cookie.then(|| self.sessions.refresh_cookie(&token, &live));
                 Ok(Some((live.data, cookie)))
             }
@@ -631,7 +665,7 @@ impl Gateway {
     }
 
     /// The identity headers the gateway vouches for: `X-User-Id`, and `X-User-Email` /
-    /// `X-Session-Id` when `session.inject_*` says so. Sent upstream on a protected route,
+    /// `X-Session-Id` / `X-User-Roles` when `session.inject_*` says so. Sent upstream on a protected route,
     /// and answered by `/auth/verify`.
     fn identity_headers(&self, identity: &SessionData) -> Vec<(&'static str, String)> {
         let config = self.sessions.config();
@@ -641,6 +675,9 @@ impl Gateway {
         }
         if config.inject_session_id {
             headers.push((identity::SESSION_ID, identity.id.to_string()));
+        }
+        if config.inject_user_roles {
+            headers.push((identity::USER_ROLES, identity.roles.join(",")));
         }
         headers
     }

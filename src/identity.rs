@@ -7,6 +7,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 pub const USER_ID: &str = "x-user-id";
 pub const USER_EMAIL: &str = "x-user-email";
 pub const SESSION_ID: &str = "x-session-id";
+/// The user's roles, comma-separated (`session.inject_user_roles`).
+pub const USER_ROLES: &str = "x-user-roles";
 /// The signed identity assertion (see `assertion/`).
 pub const ASSERTION: &str = "x-authgate-assertion";
 
@@ -20,6 +22,7 @@ const BUILT_IN: &[&str] = &[
     USER_ID,
     USER_EMAIL,
     SESSION_ID,
+    USER_ROLES,
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-groups",

@@ -2,11 +2,13 @@
 //! tests and future tools share one implementation. `server::run` is the entry point.
 
 pub mod admin;
+pub mod allow;
 pub mod assertion;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod connections;
+pub mod control;
 pub mod demo;
 pub mod device;
 pub mod error;
@@ -15,6 +17,7 @@ pub mod geo;
 pub mod identity;
 pub mod limits;
 pub mod model;
+pub mod operator;
 pub mod password;
 pub mod path;
 pub mod pool;
@@ -57,6 +60,7 @@ pub mod test_support {
             location: None,
             created_at_ms: 0,
             absolute_expiry_ms: 0,
+            roles: Vec::new(),
         }
     }
 }

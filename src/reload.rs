@@ -5,8 +5,8 @@
 //! and line, and the configuration in force keeps serving. Otherwise every reloadable part
 //! that changed is built first (a new route table completes its first upstream lookup before
 //! it is used) and then swapped in: routes and their upstream pools, the per-IP rate limit,
-//! `server.strip_headers`, `server.allowed_redirect_hosts`, the login-protection numbers,
-//! branding and the log level; the identity assertion's keys are re-read (a replaced
+//! `server.strip_headers`, `server.allowed_redirect_hosts`, the registration policy
+//! (`[access]`), the login-protection numbers, branding and the log level; the identity assertion's keys are re-read (a replaced
 //! `assertion.key_file` signs from then on).
 //!
 //! Each part lives behind an `ArcSwap`: a request holds the route it matched (and its pool)
@@ -239,6 +239,10 @@ impl Reloader {
             if redirect_hosts_changed {
                 changed.push("server.allowed_redirect_hosts");
             }
+        }
+        if old.access != new.access {
+            self.auth.access.store(Arc::new(new.access.clone()));
+            changed.push("access");
         }
         if old.log.level != new.log.level {
             match self.log.set(&new.log.level) {

@@ -33,6 +33,8 @@ pub struct Route {
     pub auth: AuthMode,
     /// Whether requests on it carry the identity assertion (when `[assertion]` is enabled).
     pub assertion: bool,
+    /// Which signed-in users it serves (`None`: all).
+    pub allow: Option<crate::allow::AllowList>,
     /// The assertion's `aud` here (see [`Route::audience`]).
     audience: String,
     case_insensitive: bool,
@@ -87,6 +89,7 @@ impl Route {
             host: config.host.clone(),
             auth: config.auth,
             assertion: config.assertion,
+            allow: config.allow.clone(),
             audience: match &config.host {
                 Some(host) if config.prefix == "/" => host.clone(),
                 Some(host) => format!("{host}{}", config.prefix),

@@ -260,6 +260,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         password: password_config,
         rate_limit,
         branding,
+        access,
         demo,
         routes: route_configs,
         ..
@@ -284,6 +285,21 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sessions = sessions.with_cache(cache);
     }
     let sessions = Arc::new(sessions);
+    // Sessions in this process's memory: the operator commands reach them through this socket.
+    if let Some(path) = crate::control::socket_path(&start_config) {
+        match crate::control::bind(&path) {
+            Ok(listener) => {
+                tracing::info!(path = %path.display(), "control socket for operator commands");
+                background.spawn(crate::control::serve(listener, sessions.clone()));
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                path = %path.display(),
+                "cannot open the control socket: `authgate user` / `authgate sessions` cannot \
+                 reach this gateway's live sessions"
+            ),
+        }
+    }
     background.spawn(jobs::flush_activity(
         activity,
         records.clone(),
@@ -319,6 +335,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             session_config.secure_cookie,
             server_config.allowed_redirect_hosts.clone(),
         )),
+        access: arc_swap::ArcSwap::from_pointee(access),
         metrics: metrics.clone(),
         min_password_length: password_config.min_length,
         database_ready: database_ready.clone(),

@@ -30,10 +30,13 @@ pub enum Decision {
     RateLimited,
     Public,
     StoreUnavailable,
+    /// Signed in, but not on the route's allow list (403).
+    Forbidden,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 5] = [
+    pub const ALL: [Decision; 6] = [
+        Decision::Forbidden,
         Decision::Allowed,
         Decision::Unauthenticated,
         Decision::RateLimited,
@@ -48,6 +51,7 @@ impl Decision {
             Decision::RateLimited => "rate_limited",
             Decision::Public => "public",
             Decision::StoreUnavailable => "store_unavailable",
+            Decision::Forbidden => "forbidden",
         }
     }
 }
@@ -93,10 +97,11 @@ pub const LOGIN_OUTCOMES: [&str; 9] = [
     "unavailable",
 ];
 /// Every value of `authgate_registrations_total{outcome}`.
-pub const REGISTRATION_OUTCOMES: [&str; 5] = [
+pub const REGISTRATION_OUTCOMES: [&str; 6] = [
     "created",
     "conflict",
     "rate_limited",
+    "refused",
     "invalid",
     "unavailable",
 ];
@@ -106,7 +111,7 @@ pub const SESSION_END_REASONS: [&str; 4] = ["logout", "revoked", "evicted", "exp
 pub const SESSION_ANOMALIES: [&str; 2] = ["ip_changed", "ua_changed"];
 /// The operations the Redis stores time (`RedisConnection::call`); a unit test below checks
 /// the call sites against this list, so `store_latency` series can be created at zero.
-pub const REDIS_OPERATIONS: [&str; 14] = [
+pub const REDIS_OPERATIONS: [&str; 15] = [
     "create",
     "credential_epoch",
     "index",
@@ -121,9 +126,10 @@ pub const REDIS_OPERATIONS: [&str; 14] = [
     "login_ip",
     "login_finish",
     "register_begin",
+    "set_roles",
 ];
 /// The operations the SQL record stores time (`Calls::run`), the same for Postgres and SQLite.
-pub const DATABASE_OPERATIONS: [&str; 21] = [
+pub const DATABASE_OPERATIONS: [&str; 26] = [
     "active_sessions",
     "add_signing_key",
     "count_active_sessions",
@@ -145,6 +151,11 @@ pub const DATABASE_OPERATIONS: [&str; 21] = [
     "upsert_device",
     "upsert_ip",
     "user",
+    "list_users",
+    "set_user_active",
+    "user_roles",
+    "add_user_role",
+    "remove_user_role",
 ];
 
 pub struct Metrics {

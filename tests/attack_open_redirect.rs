@@ -192,8 +192,12 @@ async fn sign_up_form_never_forwards_an_off_site_target() {
             &[("email", &email), ("password", &password), ("rd", rd)],
         )
         .await;
-        // On to the sign-in page, carrying only a neutralised rd.
-        assert_redirect(&gateway, &response, rd, "/auth/login?registered=1&rd=%2F");
+        // Signed in, and on to the neutralised rd only.
+        assert_redirect(&gateway, &response, rd, "/");
+        assert!(
+            session_cookie(&response).is_some(),
+            "rd {rd:?}: not signed in"
+        );
     }
 }
 

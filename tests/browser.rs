@@ -57,6 +57,30 @@ async fn sign_in_through_the_form(
     browser.wait_for_path(protected_path).await;
 }
 
+/// Presses Tab until the button or link reading `text` has the focus, then Enter on it.
+async fn tab_to_and_press(browser: &Browser, text: &str) {
+    for _ in 0..40 {
+        let focused = browser.client.active_element().await.unwrap();
+        focused.send_keys(&Key::Tab).await.unwrap();
+        let now = browser
+            .js(
+                "return document.activeElement ? document.activeElement.textContent.trim() : '';",
+                vec![],
+            )
+            .await;
+        if now == json!(text) {
+            let focused = browser.client.active_element().await.unwrap();
+            browser
+                .expect_new_page(&format!("pressing Enter on \"{text}\""), || async {
+                    focused.send_keys(&Key::Enter).await.unwrap()
+                })
+                .await;
+            return;
+        }
+    }
+    panic!("Tab never reached \"{text}\"");
+}
+
 /// Every visible form control has a `<label for=…>` with text; every button has a name.
 async fn assert_controls_are_labelled(browser: &Browser) {
     let problems = browser
@@ -164,6 +188,21 @@ async fn visitor_is_sent_to_sign_in_registers_signs_in_and_lands_on_the_original
                 Some(original)
             );
             assert_controls_are_labelled(&browser).await;
+            // The README's picture of the sign-in page: as a visitor first sees it, without
+            // the focus ring the email field's autofocus draws.
+            assert!(
+                browser.find_all(".alert").await.is_empty(),
+                "a fresh page has no alert"
+            );
+            browser
+                .js(
+                    "document.activeElement && document.activeElement.blur(); return true;",
+                    vec![],
+                )
+                .await;
+            browser
+                .save_screenshot(&screenshot_path("sign-in.png"))
+                .await;
 
             // "Create one" keeps the destination.
             let create = browser.link("Create one").await;
@@ -184,28 +223,8 @@ async fn visitor_is_sent_to_sign_in_registers_signs_in_and_lands_on_the_original
             browser.fill("#username", &username).await;
             browser.submit_with("Create account").await;
 
-            // Back on sign-in with a notice, still remembering the destination.
-            let after_register = browser.wait_for_path("/auth/login").await;
-            assert_eq!(
-                query_param(&after_register, "registered").as_deref(),
-                Some("1"),
-                "{after_register}"
-            );
-            assert_eq!(
-                query_param(&after_register, "rd").as_deref(),
-                Some(original),
-                "{after_register}"
-            );
-            assert_eq!(
-                browser.text(".alert.info").await,
-                "Account created. Sign in to continue."
-            );
-
-            browser.fill("#email", &email).await;
-            browser.fill("#password", &password).await;
-            browser.submit_with("Sign in").await;
-
-            // Lands on the original page, query included, served by the upstream as this user.
+            // Signed in at once: lands on the original page, query included, served by the
+            // upstream as this user.
             let landed = browser.wait_for_path("/app/reports").await;
             assert_eq!(landed.query(), Some("year=2026"), "{landed}");
             let echoed = browser.body_json().await;
@@ -307,6 +326,9 @@ async fn device_dashboard_ends_another_browsers_session() {
                 assert!(meta.contains("last used"), "last use shown: {entry}");
             }
             laptop.button("End all other sessions").await;
+            laptop.button("Change password").await;
+            let back = laptop.link("← Back to the app").await;
+            assert_eq!(laptop.attr(&back, "href").await.as_deref(), Some("/"));
 
             laptop
                 .save_full_page_screenshot(&screenshot_path("device-dashboard.png"), 1280)
@@ -347,6 +369,72 @@ async fn device_dashboard_ends_another_browsers_session() {
             );
             laptop.goto(&gateway.url("/app/still-here")).await;
             laptop.wait_for_path("/app/still-here").await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_changes_the_password_and_shows_a_wrong_one_at_its_field() {
+    browser_test(
+        "the_dashboard_changes_the_password_and_shows_a_wrong_one_at_its_field",
+        |scene| async move {
+            let gateway = Gateway::start_with(GatewayOptions::new()).await;
+            let email = unique_email();
+            let password = strong_password();
+            gateway.register(&email, &password).await;
+            let other_session = gateway.login(&email, &password).await;
+            let browser = scene.browser("browser", BrowserOptions::new()).await;
+            sign_in_through_the_form(&browser, &gateway, &email, &password, "/app").await;
+            browser.goto(&gateway.url("/auth/devices")).await;
+            browser.wait_for_path("/auth/devices").await;
+
+            let new_password = strong_password();
+            browser.fill("#current_password", "not-the-password").await;
+            browser.fill("#new_password", &new_password).await;
+            browser.fill("#confirm_password", &new_password).await;
+            browser.submit_with("Change password").await;
+            // The page again, as the answer to the post.
+            browser.wait_for_path("/auth/devices/password").await;
+            assert_eq!(
+                browser.text("#current_password-error").await,
+                "Current password is not correct."
+            );
+            assert_eq!(
+                browser.focused_id().await,
+                "current_password",
+                "the field with the problem has the focus"
+            );
+            assert_controls_are_labelled(&browser).await;
+
+            browser.fill("#current_password", &password).await;
+            browser.fill("#new_password", &new_password).await;
+            browser.fill("#confirm_password", &new_password).await;
+            browser.submit_with("Change password").await;
+            browser.wait_for_path("/auth/devices").await;
+            assert_eq!(
+                browser.text(".alert.info").await,
+                "Your password was changed. Every other session was signed out."
+            );
+            assert_eq!(browser.find_all("ul.sessions > li").await.len(), 1);
+            assert_eq!(
+                gateway
+                    .get("/auth/user/me", Some(&other_session))
+                    .await
+                    .status(),
+                401,
+                "the other session survived the password change"
+            );
+            gateway.login(&email, &new_password).await;
+
+            // The link back to the app.
+            let back = browser.link("← Back to the app").await;
+            browser
+                .expect_new_page("following \"Back to the app\"", || async {
+                    browser.click(&back, "the back link").await
+                })
+                .await;
+            browser.wait_for_path("/").await;
         },
     )
     .await;
@@ -442,11 +530,6 @@ async fn wrong_password_and_lockout_messages_are_shown_on_the_page() {
                     browser.attr(&rd, "value").await.as_deref(),
                     Some("/app/settings")
                 );
-                if attempt == 1 {
-                    browser
-                        .save_screenshot(&screenshot_path("sign-in.png"))
-                        .await;
-                }
             }
 
             // Locked: even the right password is refused, with the wait spelled out.
@@ -571,19 +654,13 @@ async fn registering_with_the_optional_fields_left_blank_works() {
             let url = browser.current_url().await;
             assert_eq!(
                 url.path(),
-                "/auth/login",
-                "leaving the optional fields empty should create the account, but the sign-up \
-                 form came back ({url}) saying:\n{}",
+                "/app/welcome",
+                "leaving the optional fields empty should create the account and sign in, but \
+                 the browser is at {url}, saying:\n{}",
                 browser.body_text().await
             );
-            assert_eq!(
-                browser.text(".alert.info").await,
-                "Account created. Sign in to continue."
-            );
-            browser.fill("#email", &email).await;
-            browser.fill("#password", &password).await;
-            browser.submit_with("Sign in").await;
-            browser.wait_for_path("/app/welcome").await;
+            let echoed = browser.body_json().await;
+            assert!(echoed["headers"]["x-user-id"].is_string(), "{echoed}");
         },
     )
     .await;
@@ -672,93 +749,93 @@ async fn pages_are_usable_at_phone_and_desktop_widths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_work_with_the_keyboard_alone() {
-    browser_test(
-        "forms_work_with_the_keyboard_alone",
-        |scene| async move {
-            let gateway = Gateway::start_with(GatewayOptions::new()).await;
-            let email = unique_email();
-            let password = strong_password();
-            let browser = scene.browser("browser", BrowserOptions::new()).await;
+    browser_test("forms_work_with_the_keyboard_alone", |scene| async move {
+        let gateway = Gateway::start_with(GatewayOptions::new()).await;
+        let email = unique_email();
+        let password = strong_password();
+        let browser = scene.browser("browser", BrowserOptions::new()).await;
 
-            // Sign-up by keyboard: Tab walks the fields in order, Enter submits.
-            browser
-                .goto(&gateway.url("/auth/register?rd=%2Fapp%2Fkeyboard"))
-                .await;
-            browser.wait_for_path("/auth/register").await;
-            browser.js("document.getElementById('email').focus(); return true;", vec![]).await;
-            let typed = [
-                ("email", email.as_str()),
-                ("password", password.as_str()),
-                ("full_name", "Grace Hopper"),
-                ("username", "grace.h"),
-            ];
-            for (index, (id, text)) in typed.iter().enumerate() {
-                assert_eq!(browser.focused_id().await, *id, "focus order on /auth/register");
-                let focused = browser.client.active_element().await.unwrap();
-                focused.send_keys(text).await.unwrap();
-                if index + 1 < typed.len() {
-                    focused.send_keys(&Key::Tab).await.unwrap();
-                }
-            }
-            let focused = browser.client.active_element().await.unwrap();
-            browser
-                .expect_new_page("pressing Enter in the sign-up form", || async {
-                    focused.send_keys(&Key::Enter).await.unwrap()
-                })
-                .await;
-            browser.wait_for_path("/auth/login").await;
-            browser.find(".alert.info").await;
-
-            // Sign-in by keyboard: the email field has focus on arrival.
+        // Sign-up by keyboard: Tab walks the fields in order, Enter submits.
+        browser
+            .goto(&gateway.url("/auth/register?rd=%2Fapp%2Fkeyboard"))
+            .await;
+        browser.wait_for_path("/auth/register").await;
+        browser
+            .js(
+                "document.getElementById('email').focus(); return true;",
+                vec![],
+            )
+            .await;
+        let typed = [
+            ("email", email.as_str()),
+            ("password", password.as_str()),
+            ("full_name", "Grace Hopper"),
+            ("username", "grace.h"),
+        ];
+        for (index, (id, text)) in typed.iter().enumerate() {
             assert_eq!(
                 browser.focused_id().await,
-                "email",
-                "the sign-in page should put the focus in the email field"
+                *id,
+                "focus order on /auth/register"
             );
             let focused = browser.client.active_element().await.unwrap();
-            focused.send_keys(&email).await.unwrap();
-            focused.send_keys(&Key::Tab).await.unwrap();
-            assert_eq!(browser.focused_id().await, "password", "Tab from email");
-            let focused = browser.client.active_element().await.unwrap();
-            focused.send_keys(&password).await.unwrap();
-            browser
-                .expect_new_page("pressing Enter in the sign-in form", || async {
-                    focused.send_keys(&Key::Enter).await.unwrap()
-                })
-                .await;
-            let landed = browser.wait_for_path("/app/keyboard").await;
-            let echoed = browser.body_json().await;
-            assert!(echoed["headers"]["x-user-id"].is_string(), "{landed}: {echoed}");
-
-            // The dashboard's buttons are reachable with Tab and work with Enter.
-            browser.goto(&gateway.url("/auth/devices")).await;
-            browser.wait_for_path("/auth/devices").await;
-            let mut reached = false;
-            for _ in 0..30 {
-                let focused = browser.client.active_element().await.unwrap();
+            focused.send_keys(text).await.unwrap();
+            if index + 1 < typed.len() {
                 focused.send_keys(&Key::Tab).await.unwrap();
-                let text = browser
-                    .js(
-                        "return document.activeElement ? document.activeElement.textContent.trim() : '';",
-                        vec![],
-                    )
-                    .await;
-                if text == json!("Sign out") {
-                    reached = true;
-                    break;
-                }
             }
-            assert!(reached, "Tab never reached the \"Sign out\" button");
-            let focused = browser.client.active_element().await.unwrap();
-            browser
-                .expect_new_page("pressing Enter on \"Sign out\"", || async {
-                    focused.send_keys(&Key::Enter).await.unwrap()
-                })
-                .await;
-            browser.wait_for_path("/auth/login").await;
-            assert_eq!(browser.text(".alert.info").await, "You have been signed out.");
-        },
-    )
+        }
+        let focused = browser.client.active_element().await.unwrap();
+        browser
+            .expect_new_page("pressing Enter in the sign-up form", || async {
+                focused.send_keys(&Key::Enter).await.unwrap()
+            })
+            .await;
+        // Signed up is signed in.
+        let landed = browser.wait_for_path("/app/keyboard").await;
+        let echoed = browser.body_json().await;
+        assert!(
+            echoed["headers"]["x-user-id"].is_string(),
+            "{landed}: {echoed}"
+        );
+
+        // The dashboard's buttons are reachable with Tab and work with Enter.
+        browser.goto(&gateway.url("/auth/devices")).await;
+        browser.wait_for_path("/auth/devices").await;
+        tab_to_and_press(&browser, "Sign out").await;
+        browser.wait_for_path("/auth/login").await;
+        assert_eq!(
+            browser.text(".alert.info").await,
+            "You have been signed out."
+        );
+
+        // Sign-in by keyboard: the email field has focus on arrival.
+        browser
+            .goto(&gateway.url("/auth/login?rd=%2Fapp%2Fkeyboard"))
+            .await;
+        browser.wait_for_path("/auth/login").await;
+        assert_eq!(
+            browser.focused_id().await,
+            "email",
+            "the sign-in page should put the focus in the email field"
+        );
+        let focused = browser.client.active_element().await.unwrap();
+        focused.send_keys(&email).await.unwrap();
+        focused.send_keys(&Key::Tab).await.unwrap();
+        assert_eq!(browser.focused_id().await, "password", "Tab from email");
+        let focused = browser.client.active_element().await.unwrap();
+        focused.send_keys(&password).await.unwrap();
+        browser
+            .expect_new_page("pressing Enter in the sign-in form", || async {
+                focused.send_keys(&Key::Enter).await.unwrap()
+            })
+            .await;
+        let landed = browser.wait_for_path("/app/keyboard").await;
+        let echoed = browser.body_json().await;
+        assert!(
+            echoed["headers"]["x-user-id"].is_string(),
+            "{landed}: {echoed}"
+        );
+    })
     .await;
 }
 

@@ -181,6 +181,7 @@ async fn process_metrics_build_info_and_every_known_series_exist_from_the_start(
         "rate_limited",
         "public",
         "store_unavailable",
+        "forbidden",
     ] {
         assert_eq!(
             value("authgate_auth_decisions_total", &[("decision", decision)]),
@@ -209,6 +210,7 @@ async fn process_metrics_build_info_and_every_known_series_exist_from_the_start(
         "created",
         "conflict",
         "rate_limited",
+        "refused",
         "invalid",
         "unavailable",
     ] {

@@ -77,6 +77,7 @@ fn session(user_id: Uuid, lifetime: Duration) -> (SessionKey, SessionData) {
         location: Some("Local".into()),
         created_at_ms: created,
         absolute_expiry_ms: created + i64::try_from(lifetime.as_millis()).unwrap(),
+        roles: Vec::new(),
     };
     (
         SessionToken::generate(SlotTag::of_user(user_id)).key(),
@@ -311,6 +312,46 @@ async fn revocation_is_immediate_and_per_user(store: Arc<dyn SessionStore>) {
     store.ping().await.unwrap();
 }
 contract!(revocation, revocation_is_immediate_and_per_user);
+
+async fn roles_are_rewritten_on_every_live_session(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let other_user = Uuid::new_v4();
+    let (a_token, a) = session(user, Duration::from_secs(3600));
+    let (b_token, b) = session(user, Duration::from_secs(3600));
+    let (other_token, other) = session(other_user, Duration::from_secs(3600));
+    for (token, data) in [(&a_token, &a), (&b_token, &b), (&other_token, &other)] {
+        create(&store, token, data, 5).await;
+    }
+    let epoch = store.credential_epoch(user).await.unwrap();
+    let roles = vec!["admin".to_string(), "ops".to_string()];
+    assert_eq!(store.set_roles(user, &roles).await.unwrap(), 2);
+    for token in [&a_token, &b_token] {
+        let live = store.touch(token, now_ms(), IDLE).await.unwrap().unwrap();
+        assert_eq!(live.data.roles, roles);
+    }
+    assert!(store
+        .list(user)
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.data.roles == roles));
+    let untouched = store
+        .touch(&other_token, now_ms(), IDLE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(untouched.data.roles.is_empty());
+    // A login that read the roles before the change cannot create its session after it.
+    assert!(store.credential_epoch(user).await.unwrap() > epoch);
+    assert_eq!(store.set_roles(user, &[]).await.unwrap(), 2);
+    let live = store
+        .touch(&a_token, now_ms(), IDLE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(live.data.roles.is_empty());
+}
+contract!(roles, roles_are_rewritten_on_every_live_session);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_store_is_bounded() {

@@ -1007,6 +1007,37 @@ mod cases {
         }
     }
 
+    pub async fn accounts_are_listed_with_status_and_roles(h: &Harness) {
+        let first = create_user(h.store.as_ref()).await;
+        let second = create_user(h.store.as_ref()).await;
+        assert!(h.store.add_user_role(first, "ops").await.unwrap());
+        assert!(h.store.add_user_role(first, "admin").await.unwrap());
+        assert!(
+            !h.store.add_user_role(first, "admin").await.unwrap(),
+            "twice"
+        );
+        assert_eq!(h.store.user_roles(first).await.unwrap(), ["admin", "ops"]);
+        assert!(h.store.user_roles(second).await.unwrap().is_empty());
+        assert!(h.store.set_user_active(second, false).await.unwrap());
+        assert!(!h
+            .store
+            .set_user_active(Uuid::new_v4(), false)
+            .await
+            .unwrap());
+        let accounts = h.store.list_users().await.unwrap();
+        let ids: Vec<Uuid> = accounts.iter().map(|a| a.user.id).collect();
+        assert_eq!(ids, [first, second], "oldest first");
+        assert_eq!(accounts[0].roles, ["admin", "ops"]);
+        assert!(accounts[0].is_active);
+        assert!(accounts[1].roles.is_empty());
+        assert!(!accounts[1].is_active);
+        assert!(h.store.remove_user_role(first, "admin").await.unwrap());
+        assert!(!h.store.remove_user_role(first, "admin").await.unwrap());
+        assert_eq!(h.store.user_roles(first).await.unwrap(), ["ops"]);
+        assert!(h.store.set_user_active(second, true).await.unwrap());
+        assert!(h.store.list_users().await.unwrap()[1].is_active);
+    }
+
     pub async fn signing_keys_have_one_live_key_per_algorithm_and_rotate_in_one_step(h: &Harness) {
         let start = now() - chrono::Duration::minutes(10);
         assert!(h.store.signing_keys(start).await.unwrap().is_empty());
@@ -1115,6 +1146,7 @@ contract!(
     audit_events_are_recorded_in_order,
     concurrent_writers_all_succeed,
     signing_keys_have_one_live_key_per_algorithm_and_rotate_in_one_step,
+    accounts_are_listed_with_status_and_roles,
     calls_are_measured_under_the_backend_name,
 );
 

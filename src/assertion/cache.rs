@@ -31,6 +31,8 @@ pub struct TokenCache {
 struct Entry {
     audience: Box<str>,
     kid: Box<str>,
+    /// The roles signed into it: a role change since makes it stale.
+    roles: Box<[String]>,
     token: HeaderValue,
     /// Handed out until then (half the lifetime after signing, well before `exp`).
     fresh_until: Instant,
@@ -51,30 +53,39 @@ impl TokenCache {
         &self.shards[index]
     }
 
-    /// The token signed for this session, audience and key, if it is still fresh at `now`.
+    /// The token signed for this session, audience, key and roles, if it is still fresh at
+    /// `now`.
     pub fn get(
         &self,
         session: Uuid,
         audience: &str,
         kid: &str,
+        roles: &[String],
         now: Instant,
     ) -> Option<HeaderValue> {
         let shard = self.shard(session).lock().ok()?;
         shard
             .get(&session)?
             .iter()
-            .find(|entry| &*entry.audience == audience && &*entry.kid == kid)
+            .find(|entry| {
+                &*entry.audience == audience && &*entry.kid == kid && *entry.roles == *roles
+            })
             .filter(|entry| now < entry.fresh_until)
             .map(|entry| entry.token.clone())
     }
 
     /// Keeps `token` for reuse until `fresh_until`, replacing this session's token for the
-    /// same audience (signed with any key).
+    /// same audience (signed with any key and roles).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the key's parts, the token and two times"
+    )]
     pub fn insert(
         &self,
         session: Uuid,
         audience: &str,
         kid: &str,
+        roles: &[String],
         token: HeaderValue,
         fresh_until: Instant,
         now: Instant,
@@ -104,6 +115,7 @@ impl TokenCache {
         entries.push(Entry {
             audience: audience.into(),
             kid: kid.into(),
+            roles: roles.into(),
             token,
             fresh_until,
         });
@@ -150,16 +162,33 @@ mod tests {
         let session = Uuid::new_v4();
         let now = Instant::now();
         let later = now + Duration::from_secs(30);
-        cache.insert(session, "/app/", "k1", token("a"), later, now);
-        assert_eq!(cache.get(session, "/app/", "k1", now), Some(token("a")));
-        assert_eq!(cache.get(session, "/other/", "k1", now), None);
-        assert_eq!(cache.get(session, "/app/", "k2", now), None, "another key");
-        assert_eq!(cache.get(Uuid::new_v4(), "/app/", "k1", now), None);
-        assert_eq!(cache.get(session, "/app/", "k1", later), None, "stale");
+        cache.insert(session, "/app/", "k1", &[], token("a"), later, now);
+        assert_eq!(
+            cache.get(session, "/app/", "k1", &[], now),
+            Some(token("a"))
+        );
+        assert_eq!(cache.get(session, "/other/", "k1", &[], now), None);
+        assert_eq!(
+            cache.get(session, "/app/", "k2", &[], now),
+            None,
+            "another key"
+        );
+        assert_eq!(cache.get(Uuid::new_v4(), "/app/", "k1", &[], now), None);
+        assert_eq!(cache.get(session, "/app/", "k1", &[], later), None, "stale");
         // A new key's token replaces the old key's for the same audience.
-        cache.insert(session, "/app/", "k2", token("b"), later, now);
-        assert_eq!(cache.get(session, "/app/", "k1", now), None);
-        assert_eq!(cache.get(session, "/app/", "k2", now), Some(token("b")));
+        cache.insert(session, "/app/", "k2", &[], token("b"), later, now);
+        assert_eq!(cache.get(session, "/app/", "k1", &[], now), None);
+        assert_eq!(
+            cache.get(session, "/app/", "k2", &[], now),
+            Some(token("b"))
+        );
+        // Roles changed since: signed anew.
+        let admin = ["admin".to_string()];
+        assert_eq!(
+            cache.get(session, "/app/", "k2", &admin, now),
+            None,
+            "roles"
+        );
     }
 
     #[test]
@@ -168,7 +197,7 @@ mod tests {
         let now = Instant::now();
         let fresh = now + Duration::from_secs(30);
         for _ in 0..10_000 {
-            cache.insert(Uuid::new_v4(), "/", "k", token("t"), fresh, now);
+            cache.insert(Uuid::new_v4(), "/", "k", &[], token("t"), fresh, now);
         }
         assert!(cache.len() <= 64, "{}", cache.len());
         let session = Uuid::new_v4();
@@ -177,6 +206,7 @@ mod tests {
                 session,
                 &format!("/{audience}/"),
                 "k",
+                &[],
                 token("t"),
                 fresh,
                 now,

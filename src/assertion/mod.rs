@@ -129,9 +129,6 @@ struct Claims<'a> {
     exp: u64,
 }
 
-/// Users have no roles yet; once sessions carry them, `Claims::roles` takes them from there.
-const NO_ROLES: &[String] = &[];
-
 impl Assertions {
     /// No assertions: nothing is signed and the JWKS is empty.
     pub fn disabled() -> Assertions {
@@ -203,7 +200,10 @@ impl Assertions {
         let ring = self.ring.load();
         let key = ring.signing.as_ref().ok_or(AssertionError::NoKey)?;
         let now = Instant::now();
-        if let Some(token) = self.cache.get(identity.id, audience, key.kid(), now) {
+        if let Some(token) = self
+            .cache
+            .get(identity.id, audience, key.kid(), &identity.roles, now)
+        {
             return Ok(Some(token));
         }
         let since_epoch = SystemTime::now()
@@ -217,7 +217,7 @@ impl Assertions {
             aud: audience,
             email: &identity.email,
             sid: identity.id,
-            roles: NO_ROLES,
+            roles: &identity.roles,
             iat: issued_at,
             exp: issued_at + lifetime,
         };
@@ -236,6 +236,7 @@ impl Assertions {
                 identity.id,
                 audience,
                 key.kid(),
+                &identity.roles,
                 token.clone(),
                 now + fresh_for,
                 now,

@@ -18,22 +18,50 @@ use crate::store::{AuditKind, AuthEvent, Credentials, NewUser, SessionRecord, Us
 
 impl AuthApi {
     pub(super) async fn register(&self, request: &AuthRequest) -> Result<AuthResponse, ApiError> {
+        let user = self.create_account(request).await?;
+        Ok(AuthResponse::json(201, &json!({ "user": user })))
+    }
+
+    /// A registration, counted and audited: the new account, or why there is none.
+    pub(super) async fn create_account(&self, request: &AuthRequest) -> Result<User, ApiError> {
         let result = self.register_user(request).await;
         self.metrics.registration(match &result {
             Ok(_) => "created",
             Err(ApiError::Conflict(_)) => "conflict",
             Err(ApiError::RegistrationsFromAddress(_)) => "rate_limited",
+            Err(ApiError::RegistrationClosed | ApiError::EmailDomainNotAllowed(_)) => "refused",
             Err(ApiError::Unavailable(_)) => "unavailable",
             Err(_) => "invalid",
         });
         let user = result?;
         self.audit(request, AuditKind::Register, Some(user.id), None, json!({}));
-        Ok(AuthResponse::json(201, &json!({ "user": user })))
+        Ok(user)
     }
 
+    /// Signs in an account just created by this request (the sign-up page): a session opened
+    /// exactly as a login opens one, answered like a login.
+    pub(super) async fn sign_in_new_account(
+        &self,
+        request: &AuthRequest,
+        user: User,
+    ) -> Result<AuthResponse, ApiError> {
+        // Read after the account was made: a revoke-all since then refuses the session.
+        let epoch = self.sessions.credential_epoch(user.id).await?;
+        let (user, started) = self.open_session(request, user, epoch).await?;
+        Ok(self.session_opened(&user, &started))
+    }
+
+    /// Creates the account a registration asks for; the caller answers and audits.
     async fn register_user(&self, request: &AuthRequest) -> Result<User, ApiError> {
+        let access = self.access.load();
+        // Closed is closed whatever the body says; the domain rule needs the address's
+        // normal form. Neither costs a registration attempt from the address's budget.
+        if !access.registration_open() {
+            return Err(ApiError::RegistrationClosed);
+        }
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
         let email = input::normalize_email(fields.required("email")?)?;
+        access.check_registration(&email)?;
         let password = fields.required("password")?;
         input::check_new_password(password, &email, self.min_password_length)?;
         let username = present(fields.optional("username")?)
@@ -83,13 +111,18 @@ impl AuthApi {
             Err(_) => "invalid",
         });
         let (user, started) = result?;
+        Ok(self.session_opened(&user, &started))
+    }
+
+    /// The answer to a login that opened a session: the user, the session and its cookie.
+    fn session_opened(&self, user: &User, started: &Started) -> AuthResponse {
         self.metrics.session_created();
         let body = json!({
             "user": user,
             "session": session_json(&started.data, None),
         });
-        Ok(AuthResponse::json(200, &body)
-            .with_header("set-cookie", self.sessions.new_cookie(&started.token)))
+        AuthResponse::json(200, &body)
+            .with_header("set-cookie", self.sessions.new_cookie(&started.token))
     }
 
     async fn sign_in(&self, request: &AuthRequest) -> Result<(User, Started), ApiError> {
@@ -99,7 +132,6 @@ impl AuthApi {
         let Checked { credentials, epoch } = self
             .check_password(request, &email, password, AuditKind::LoginFailed)
             .await?;
-        let now = Utc::now();
         if !credentials.is_active {
             return Err(ApiError::AccountDisabled);
         }
@@ -109,11 +141,28 @@ impl AuthApi {
         // sees it; if not, its second bump comes after our epoch read, so the session is
         // refused, or made just before that bump and ended by it.
         self.still_current(request, &email, &credentials).await?;
+        self.open_session(request, credentials.user, epoch).await
+    }
+
+    /// Opens a session for `user`, whose credentials were verified (by a password check, or
+    /// by creating the account) after `epoch`, their credential epoch, was read: ends the
+    /// session the client came with, records the device and IP, enforces the per-user cap,
+    /// writes the session's record and the `login_ok` audit event, and stamps `last_login`.
+    /// The one way a session is opened: sign-in and sign-up through the page both use it.
+    async fn open_session(
+        &self,
+        request: &AuthRequest,
+        user: User,
+        epoch: u64,
+    ) -> Result<(User, Started), ApiError> {
+        let now = Utc::now();
+        // Read after the credential epoch (taken before the password check): a role change
+        // since bumps the epoch, so a session made with roles read before it is refused.
+        let roles = self.records.user_roles(user.id).await?;
 
         // No session fixation: whatever session the client came with is ended.
         self.end_presented_session(request).await;
 
-        let user = credentials.user;
         let user_agent = request.user_agent();
         let device_label = crate::device::label(&user_agent);
         let location = self.locator.locate(
@@ -138,6 +187,7 @@ impl AuthApi {
             device_label,
             ip_id: Some(ip_id),
             location: location.clone(),
+            roles,
         };
         let started = match self.sessions.start(login, now, epoch).await? {
             Start::Started(started) => started,

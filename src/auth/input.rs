@@ -139,7 +139,7 @@ pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
 /// NFKC, then lower case, repeated until neither changes the text (lower-casing can leave
 /// text that NFKC would change again, and NFKC can produce upper-case letters, e.g. from
 /// modifier letters); at most a few rounds in practice.
-fn canonical_text(text: &str) -> String {
+pub(crate) fn canonical_text(text: &str) -> String {
     let mut current: String = text.nfkc().collect::<String>().trim().to_string();
     for _ in 0..4 {
         let next: String = current.to_lowercase().nfkc().collect();

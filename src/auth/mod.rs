@@ -4,6 +4,7 @@
 //! body, client IP) and writes back the [`AuthResponse`]. Handlers see stores only through
 //! their traits; errors go through the single [`ApiError`] mapping.
 
+pub mod access;
 pub mod csrf;
 mod handlers;
 pub mod input;
@@ -110,6 +111,8 @@ pub struct AuthApi {
     pub csrf: CsrfPolicy,
     /// Swapped whole when a hot reload changes `[branding]`.
     pub pages: arc_swap::ArcSwap<pages::Pages>,
+    /// Who may create an account; swapped whole when a hot reload changes `[access]`.
+    pub access: arc_swap::ArcSwap<access::AccessPolicy>,
     pub metrics: Arc<Metrics>,
     pub min_password_length: usize,
     /// Set once the database schema is migrated; until then database-backed calls get 503.
@@ -172,6 +175,7 @@ impl AuthApi {
             "/auth/logout" if form => self.logout_form(request).await,
             "/auth/devices/revoke" if form => self.devices_revoke_form(request).await,
             "/auth/devices/revoke-others" if form => self.devices_revoke_others_form(request).await,
+            "/auth/devices/password" if form => self.devices_password_form(request).await,
             "/auth/register" if method == Method::POST => self.register(request).await,
             "/auth/login" if method == Method::POST => self.login(request).await,
             "/auth/logout" if method == Method::POST => self.logout(request).await,
@@ -202,6 +206,7 @@ impl AuthApi {
             | "/auth/devices"
             | "/auth/devices/revoke"
             | "/auth/devices/revoke-others"
+            | "/auth/devices/password"
             | crate::assertion::JWKS_PATH => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         }

@@ -2,8 +2,10 @@
 //! and the form posts they make. Pages work without JavaScript, load nothing from elsewhere
 //! (one stylesheet, served from the binary), and are sent with a strict Content-Security-Policy.
 //!
-//! Form flows reuse the API's logic (`sign_in`, `register_user`, revocation) and differ only in
-//! how they answer: a redirect on success, the page again with the problem explained on failure.
+//! Form flows reuse the API's logic (`sign_in`, `create_account`, `change_password`,
+//! revocation) and differ only in how they answer: a redirect on success, the page again with
+//! the problem explained on failure. A sign-up through the page opens a session the way a
+//! sign-in does (`open_session`), so the new user arrives signed in.
 
 use chrono::{DateTime, TimeZone, Utc};
 use http::Method;
@@ -13,10 +15,10 @@ use super::csrf;
 use super::input::Fields;
 use super::redirect::RedirectHosts;
 use super::{AuthApi, AuthRequest, AuthResponse};
-use crate::config::BrandingConfig;
+use crate::config::{BackLink, BrandingConfig};
 use crate::error::{human_wait, ApiError};
 use crate::session::{EndReason, LiveSession, Lookup, SessionToken};
-use crate::store::{Device, IpRecord};
+use crate::store::{Device, IpRecord, User};
 
 const STYLESHEET: &str = include_str!("assets/style.css");
 pub const STYLESHEET_PATH: &str = "/auth/assets/style.css";
@@ -33,6 +35,8 @@ pub struct Pages {
     secure_cookie: bool,
     /// Where a full-URL `rd` may point (`server.allowed_redirect_hosts`).
     redirect_hosts: RedirectHosts,
+    /// The account page's link back to the app (`branding.back_link_url`).
+    back_link: Option<BackLink>,
 }
 
 impl Pages {
@@ -53,6 +57,7 @@ impl Pages {
             csrf_cookie: csrf::cookie_name(secure_cookie),
             secure_cookie,
             redirect_hosts,
+            back_link: branding.back_link.clone(),
         }
     }
 
@@ -208,16 +213,7 @@ impl AuthApi {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
         let rd = self.redirect_target(request, Some(&fields));
         match self.login(request).await {
-            Ok(api_response) => {
-                let mut response = see_other(&rd);
-                response.headers.extend(
-                    api_response
-                        .headers
-                        .into_iter()
-                        .filter(|(name, _)| *name == "set-cookie"),
-                );
-                Ok(response)
-            }
+            Ok(api_response) => Ok(with_cookies_of(see_other(&rd), api_response)),
             Err(error) => {
                 let state = FormState {
                     email: fields
@@ -246,7 +242,14 @@ impl AuthApi {
         rd: &str,
     ) -> AuthResponse {
         let csrf = self.csrf_token(request);
-        let register_link = format!("/auth/register?rd={}", url_encode(rd));
+        let register = if self.access.load().registration_open() {
+            format!(
+                "<p class=\"alt\">No account yet? <a href=\"{}\">Create one</a></p>\n",
+                escape(&format!("/auth/register?rd={}", url_encode(rd)))
+            )
+        } else {
+            String::new()
+        };
         let body = format!(
             "<div class=\"card\">\n<h1>Sign in</h1>\n{alerts}\
              <form class=\"stack\" method=\"post\" action=\"/auth/login\" novalidate>\n\
@@ -256,8 +259,7 @@ impl AuthApi {
              <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required value=\"{email}\"{email_focus}>\n\
              <label for=\"password\">Password</label>\n\
              <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{password_focus}>\n\
-             <button type=\"submit\">Sign in</button>\n</form>\n\
-             <p class=\"alt\">No account yet? <a href=\"{register}\">Create one</a></p>\n</div>",
+             <button type=\"submit\">Sign in</button>\n</form>\n{register}</div>",
             alerts = alerts(state),
             token = escape(&csrf.value),
             rd = escape(rd),
@@ -265,7 +267,6 @@ impl AuthApi {
             // After a failed attempt the email is filled in: start at the password.
             email_focus = if state.email.is_empty() { " autofocus" } else { "" },
             password_focus = if state.email.is_empty() { "" } else { " autofocus" },
-            register = escape(&register_link),
         );
         self.pages
             .load()
@@ -277,6 +278,9 @@ impl AuthApi {
         request: &AuthRequest,
     ) -> Result<AuthResponse, ApiError> {
         let rd = self.redirect_target(request, None);
+        if !self.access.load().registration_open() {
+            return Ok(self.render_registration_closed(request, 200, &rd));
+        }
         Ok(self.render_register(request, 200, &FormState::default(), &rd))
     }
 
@@ -286,12 +290,11 @@ impl AuthApi {
     ) -> Result<AuthResponse, ApiError> {
         let fields = Fields::parse(request.header("content-type"), &request.body)?;
         let rd = self.redirect_target(request, Some(&fields));
-        let result = self.register(request).await;
-        match result {
-            Ok(_) => Ok(see_other(&format!(
-                "/auth/login?registered=1&rd={}",
-                url_encode(&rd)
-            ))),
+        match self.create_account(request).await {
+            Ok(user) => Ok(self.signed_up(request, user, &rd).await),
+            Err(error @ ApiError::RegistrationClosed) => {
+                Ok(self.render_registration_closed(request, error.status(), &rd))
+            }
             Err(error) => {
                 let text = |name| {
                     fields
@@ -320,6 +323,9 @@ impl AuthApi {
                     ApiError::Conflict(field) => state
                         .field_errors
                         .push((field, format!("That {field} is already registered."))),
+                    ApiError::EmailDomainNotAllowed(_) => state
+                        .field_errors
+                        .push(("email", sentence(&error.message()))),
                     ApiError::RegistrationsFromAddress(wait) => {
                         state.alert = Some(format!(
                             "Too many sign-ups from your network. Try again in {}.",
@@ -345,42 +351,25 @@ impl AuthApi {
         rd: &str,
     ) -> AuthResponse {
         let csrf = self.csrf_token(request);
-        let field = |name: &str,
-                     label: &str,
-                     kind: &str,
-                     autocomplete: &str,
-                     value: &str,
-                     hint: &str,
-                     required: bool| {
-            let error = state.error_for(name);
-            let described = match (error.is_some(), hint.is_empty()) {
-                (true, _) => format!(" aria-invalid=\"true\" aria-describedby=\"{name}-error\""),
-                (false, false) => format!(" aria-describedby=\"{name}-hint\""),
-                (false, true) => String::new(),
-            };
-            let hint_html = if hint.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "<p class=\"hint\" id=\"{name}-hint\">{}</p>\n",
-                    escape(hint)
-                )
-            };
-            let error_html = error
-                .map(|message| {
-                    format!(
-                        "<p class=\"field-error\" id=\"{name}-error\">{}</p>\n",
-                        escape(message)
-                    )
-                })
-                .unwrap_or_default();
-            format!(
-                "<label for=\"{name}\">{label}</label>\n<input id=\"{name}\" name=\"{name}\" type=\"{kind}\" \
-                 autocomplete=\"{autocomplete}\"{required}{described} value=\"{value}\">\n{hint_html}{error_html}",
-                required = if required { " required" } else { "" },
-                value = escape(value),
-            )
-        };
+        let email_hint = self
+            .access
+            .load()
+            .domains_rule()
+            .map(|rule| format!("Use an address at {rule}."))
+            .unwrap_or_default();
+        let password_hint = format!("At least {} characters.", self.min_password_length);
+        let email = Field::new("email", "Email", "email", "email")
+            .value(&state.email)
+            .hint(&email_hint);
+        let password =
+            Field::new("password", "Password", "password", "new-password").hint(&password_hint);
+        let full_name = Field::new("full_name", "Full name (optional)", "text", "name")
+            .value(&state.full_name)
+            .optional();
+        let username = Field::new("username", "Username (optional)", "text", "nickname")
+            .value(&state.username)
+            .hint("3 to 50 letters, digits, '.', '_' or '-'.")
+            .optional();
         let body = format!(
             "<div class=\"card\">\n<h1>Create an account</h1>\n{alerts}\
              <form class=\"stack\" method=\"post\" action=\"/auth/register\" novalidate>\n\
@@ -391,23 +380,47 @@ impl AuthApi {
             alerts = alerts(state),
             token = escape(&csrf.value),
             rd = escape(rd),
-            email = field("email", "Email", "email", "email", &state.email, "", true),
-            password = field(
-                "password",
-                "Password",
-                "password",
-                "new-password",
-                "",
-                &format!("At least {} characters.", self.min_password_length),
-                true
-            ),
-            full_name = field("full_name", "Full name (optional)", "text", "name", &state.full_name, "", false),
-            username = field("username", "Username (optional)", "text", "nickname", &state.username, "3 to 50 letters, digits, '.', '_' or '-'.", false),
+            email = form_field(state, email),
+            password = form_field(state, password),
+            full_name = form_field(state, full_name),
+            username = form_field(state, username),
             login = escape(&format!("/auth/login?rd={}", url_encode(rd))),
         );
         self.pages
             .load()
             .page(status, "Create an account", &body, &csrf, false)
+    }
+
+    /// After a sign-up through the page: signed in like a sign-in through the page (a session
+    /// cookie, then on to `rd`). Should opening the session fail, the account still exists:
+    /// the sign-in page says so and takes over.
+    async fn signed_up(&self, request: &AuthRequest, user: User, rd: &str) -> AuthResponse {
+        match self.sign_in_new_account(request, user).await {
+            Ok(api_response) => with_cookies_of(see_other(rd), api_response),
+            Err(error) => {
+                tracing::info!(error = %error.message(), "account created, but no session opened for it");
+                see_other(&format!("/auth/login?registered=1&rd={}", url_encode(rd)))
+            }
+        }
+    }
+
+    /// The sign-up page while `access.registration` is `closed`: no form, a way to sign in.
+    fn render_registration_closed(
+        &self,
+        request: &AuthRequest,
+        status: u16,
+        rd: &str,
+    ) -> AuthResponse {
+        let csrf = self.csrf_token(request);
+        let body = format!(
+            "<div class=\"card\">\n<h1>Sign-up is closed</h1>\n\
+             <p>New accounts cannot be created here. If you need one, ask an administrator.</p>\n\
+             <p class=\"alt\">Already have an account? <a href=\"{login}\">Sign in</a></p>\n</div>",
+            login = escape(&format!("/auth/login?rd={}", url_encode(rd))),
+        );
+        self.pages
+            .load()
+            .page(status, "Sign-up is closed", &body, &csrf, false)
     }
 
     pub(super) async fn devices_page(
@@ -417,6 +430,35 @@ impl AuthApi {
         let Some((token, current)) = self.signed_in(request).await else {
             return Ok(see_other("/auth/login?rd=%2Fauth%2Fdevices"));
         };
+        let notice = match Self::query_value(request, "ended").as_deref() {
+            Some("one") => Some("The session was ended."),
+            Some("others") => Some("All other sessions were ended."),
+            _ => None,
+        };
+        let notice = match Self::query_value(request, "password").as_deref() {
+            Some("changed") => {
+                Some("Your password was changed. Every other session was signed out.")
+            }
+            _ => notice,
+        };
+        let state = FormState {
+            notice: notice.map(str::to_string),
+            ..FormState::default()
+        };
+        self.render_devices(request, 200, &token, &current, &state)
+            .await
+    }
+
+    /// The account page: sessions, devices, sign-in locations and the change-password form.
+    /// `state` holds the page's notice, and the change-password form's problems.
+    async fn render_devices(
+        &self,
+        request: &AuthRequest,
+        status: u16,
+        token: &SessionToken,
+        current: &LiveSession,
+        state: &FormState,
+    ) -> Result<AuthResponse, ApiError> {
         self.require_database()?;
         let user_id = current.data.user_id;
         let mut sessions = self.sessions.list(user_id).await?;
@@ -424,25 +466,33 @@ impl AuthApi {
         let devices = self.records.devices(user_id).await?;
         let ips = self.records.ips(user_id).await?;
         let csrf = self.csrf_token(request);
-        let notice = match Self::query_value(request, "ended").as_deref() {
-            Some("one") => {
-                "<div class=\"alert info\" role=\"status\">The session was ended.</div>\n"
-            }
-            Some("others") => {
-                "<div class=\"alert info\" role=\"status\">All other sessions were ended.</div>\n"
-            }
-            _ => "",
+        let pages = self.pages.load();
+        let back_link = pages
+            .back_link
+            .as_ref()
+            .map(|link| {
+                format!(
+                    "<p class=\"back\"><a href=\"{}\"><span aria-hidden=\"true\">&larr; </span>{}</a></p>\n",
+                    escape(&link.url),
+                    escape(&link.label)
+                )
+            })
+            .unwrap_or_default();
+        let notice = FormState {
+            notice: state.notice.clone(),
+            ..FormState::default()
         };
         let body = format!(
-            "<div class=\"card\">\n<div class=\"toolbar\"><h1>Your devices and sessions</h1>\
+            "<div class=\"card\">\n{back_link}<div class=\"toolbar\"><h1>Your devices and sessions</h1>\
              <form method=\"post\" action=\"/auth/logout\">{hidden}<button class=\"secondary\" type=\"submit\">Sign out</button></form></div>\n\
              <p class=\"hint\">Signed in as <strong>{email}</strong>.</p>\n{notice}\
              <h2>Active sessions ({count})</h2>\n<ul class=\"sessions\">\n{sessions}</ul>\n\
              <form method=\"post\" action=\"/auth/devices/revoke-others\">{hidden}\
              <button class=\"danger\" type=\"submit\"{disabled}>End all other sessions</button></form>\n\
-             <h2>Devices</h2>\n{devices}\n<h2>Sign-in locations</h2>\n{ips}\n</div>",
+             <h2>Devices</h2>\n{devices}\n<h2>Sign-in locations</h2>\n{ips}\n{password}</div>",
             hidden = hidden_csrf(&csrf),
             email = escape(&current.data.email),
+            notice = alerts(&notice),
             count = sessions.len(),
             sessions = sessions
                 .iter()
@@ -451,9 +501,135 @@ impl AuthApi {
             disabled = if sessions.len() > 1 { "" } else { " disabled" },
             devices = devices_table(&devices, &sessions, current.data.device_id),
             ips = ips_table(&ips),
+            password = self.change_password_section(state, &csrf),
         );
-        let response = self.pages.load().page(200, "Devices", &body, &csrf, true);
-        Ok(self.authenticated(response, &token, &current))
+        let response = pages.page(status, "Devices", &body, &csrf, true);
+        Ok(self.authenticated(response, token, current))
+    }
+
+    /// The change-password form, with the problems of the last attempt.
+    fn change_password_section(&self, state: &FormState, csrf: &CsrfToken) -> String {
+        let problem = FormState {
+            alert: state.alert.clone(),
+            ..FormState::default()
+        };
+        let new_password_hint = format!(
+            "At least {} characters. Every other session is signed out.",
+            self.min_password_length
+        );
+        let current = Field::new(
+            "current_password",
+            "Current password",
+            "password",
+            "current-password",
+        );
+        let new = Field::new("new_password", "New password", "password", "new-password")
+            .hint(&new_password_hint);
+        let confirm = Field::new(
+            "confirm_password",
+            "New password again",
+            "password",
+            "new-password",
+        );
+        format!(
+            "<h2 id=\"change-password\">Change password</h2>\n{problem}\
+             <form class=\"stack password\" method=\"post\" action=\"/auth/devices/password\" novalidate>\n\
+             {hidden}\n{current}{new}{confirm}\
+             <button type=\"submit\">Change password</button>\n</form>\n",
+            problem = alerts(&problem),
+            hidden = hidden_csrf(csrf),
+            current = form_field(state, current),
+            new = form_field(state, new),
+            confirm = form_field(state, confirm),
+        )
+    }
+
+    /// `POST /auth/devices/password` (form: `current_password`, `new_password`,
+    /// `confirm_password`): the password change of `POST /auth/user/password`, which ends
+    /// every other session; then back to the account page, saying what happened.
+    pub(super) async fn devices_password_form(
+        &self,
+        request: &AuthRequest,
+    ) -> Result<AuthResponse, ApiError> {
+        let Some((token, current)) = self.signed_in(request).await else {
+            return Ok(see_other("/auth/login?rd=%2Fauth%2Fdevices"));
+        };
+        let fields = Fields::parse(request.header("content-type"), &request.body)?;
+        let mut state = FormState::default();
+        // Problems of the form itself, found before the password check (which an empty
+        // current password would count as a failed attempt).
+        let new_password = fields.optional("new_password")?.unwrap_or("");
+        if fields
+            .optional("current_password")?
+            .unwrap_or("")
+            .is_empty()
+        {
+            state.field_errors.push((
+                "current_password",
+                "Current password is required.".to_string(),
+            ));
+        }
+        if fields
+            .optional("confirm_password")?
+            .is_some_and(|confirm| confirm != new_password)
+        {
+            state.field_errors.push((
+                "confirm_password",
+                "The two new passwords are not the same.".to_string(),
+            ));
+        }
+        if !state.field_errors.is_empty() {
+            return self
+                .render_devices(request, 400, &token, &current, &state)
+                .await;
+        }
+        let error = match self.change_password(request).await {
+            Ok(api_response) => {
+                let response = see_other("/auth/devices?password=changed");
+                return Ok(with_cookies_of(response, api_response));
+            }
+            Err(ApiError::Unauthenticated) => {
+                return Ok(see_other("/auth/login?rd=%2Fauth%2Fdevices"))
+            }
+            Err(error) => error,
+        };
+        match &error {
+            ApiError::InvalidRequest(message) => {
+                let field = ["current_password", "new_password"]
+                    .into_iter()
+                    .find(|field| message.starts_with(field));
+                match field {
+                    Some(field) => state.field_errors.push((field, sentence(message))),
+                    None => state.alert = Some(sentence(message)),
+                }
+            }
+            ApiError::Locked(wait) => {
+                state.alert = Some(format!(
+                    "Too many wrong passwords for this account. Try again in {}.",
+                    human_wait(*wait)
+                ))
+            }
+            ApiError::LoginAttemptsFromAddress(wait) | ApiError::RateLimited(wait) => {
+                state.alert = Some(format!(
+                    "Too many password attempts from your network. Try again in {}.",
+                    human_wait(*wait)
+                ))
+            }
+            _ => {
+                state.alert = Some(
+                    "Changing the password is temporarily unavailable. Please try again in a \
+                     moment."
+                        .to_string(),
+                )
+            }
+        }
+        let mut response = self
+            .render_devices(request, error.status(), &token, &current, &state)
+            .await?;
+        if let Some(seconds) = error.retry_after() {
+            response.headers.push(("retry-after", seconds.to_string()));
+        }
+        Ok(response)
     }
 
     /// `POST /auth/devices/revoke` (form: `session_id`).
@@ -524,6 +700,106 @@ impl AuthApi {
     }
 }
 
+/// One labelled input of a form, with its hint and, from the [`FormState`], its error.
+struct Field<'a> {
+    name: &'static str,
+    label: &'a str,
+    kind: &'a str,
+    autocomplete: &'a str,
+    value: &'a str,
+    hint: &'a str,
+    required: bool,
+}
+
+impl<'a> Field<'a> {
+    fn new(name: &'static str, label: &'a str, kind: &'a str, autocomplete: &'a str) -> Self {
+        Self {
+            name,
+            label,
+            kind,
+            autocomplete,
+            value: "",
+            hint: "",
+            required: true,
+        }
+    }
+
+    fn value(self, value: &'a str) -> Self {
+        Self { value, ..self }
+    }
+
+    fn hint(self, hint: &'a str) -> Self {
+        Self { hint, ..self }
+    }
+
+    fn optional(self) -> Self {
+        Self {
+            required: false,
+            ..self
+        }
+    }
+}
+
+/// The label, input, hint and error of `field`; the input points at its error (or hint).
+fn form_field(state: &FormState, field: Field) -> String {
+    let Field {
+        name,
+        label,
+        kind,
+        autocomplete,
+        value,
+        hint,
+        required,
+    } = field;
+    // The first field with a problem takes the focus (and the page scrolls to it).
+    let autofocus = state
+        .field_errors
+        .first()
+        .is_some_and(|(first, _)| *first == name);
+    let error = state.error_for(name);
+    let described = match (error.is_some(), hint.is_empty()) {
+        (true, _) => format!(" aria-invalid=\"true\" aria-describedby=\"{name}-error\""),
+        (false, false) => format!(" aria-describedby=\"{name}-hint\""),
+        (false, true) => String::new(),
+    };
+    let hint_html = if hint.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p class=\"hint\" id=\"{name}-hint\">{}</p>\n",
+            escape(hint)
+        )
+    };
+    let error_html = error
+        .map(|message| {
+            format!(
+                "<p class=\"field-error\" id=\"{name}-error\">{}</p>\n",
+                escape(message)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<label for=\"{name}\">{label}</label>\n<input id=\"{name}\" name=\"{name}\" type=\"{kind}\" \
+         autocomplete=\"{autocomplete}\"{required}{autofocus}{described} value=\"{value}\">\n{hint_html}{error_html}",
+        label = escape(label),
+        required = if required { " required" } else { "" },
+        autofocus = if autofocus { " autofocus" } else { "" },
+        value = escape(value),
+    )
+}
+
+/// `response` carrying the cookies `api_response` sets (a form flow's redirect after the API
+/// call it made).
+fn with_cookies_of(mut response: AuthResponse, api_response: AuthResponse) -> AuthResponse {
+    response.headers.extend(
+        api_response
+            .headers
+            .into_iter()
+            .filter(|(name, _)| *name == "set-cookie"),
+    );
+    response
+}
+
 fn see_other(location: &str) -> AuthResponse {
     AuthResponse {
         status: 303,
@@ -557,7 +833,10 @@ fn login_problem(error: &ApiError) -> String {
 
 /// "email is required" → "Email is required."
 fn sentence(message: &str) -> String {
-    let message = message.replace("full_name", "full name");
+    let message = message
+        .replace("full_name", "full name")
+        .replace("current_password", "current password")
+        .replace("new_password", "new password");
     let mut chars = message.chars();
     let first = chars
         .next()
@@ -699,6 +978,24 @@ fn when(unix_ms: i64) -> String {
 
 fn url_encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// The page a browser gets on a route whose allow list does not name the signed-in user
+/// (403; API clients get the JSON error instead).
+impl Pages {
+    pub fn access_denied(&self, error: &ApiError) -> AuthResponse {
+        let body = format!(
+            "<h1>Access denied</h1>\n<p class=\"alert\" role=\"alert\">{message}</p>\n\
+             <p><a href=\"/auth/devices\">Your account</a> · \
+             <a href=\"/auth/login\">Sign in with another account</a></p>",
+            message = escape(&error.message()),
+        );
+        let no_forms = CsrfToken {
+            value: String::new(),
+            fresh: false,
+        };
+        self.page(error.status(), "Access denied", &body, &no_forms, false)
+    }
 }
 
 /// HTML-escapes text for element content and quoted attribute values.

@@ -19,6 +19,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub storage: StorageSection,
     #[serde(default)]
+    pub access: AccessSection,
+    #[serde(default)]
     pub session: SessionSection,
     #[serde(default)]
     pub password: PasswordSection,
@@ -143,6 +145,25 @@ impl Default for StorageSection {
     }
 }
 
+/// `[access]`: who may create an account.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSection {
+    pub registration: Registration,
+    /// Domains (`example.com`) and patterns (`*.example.com`) a new account's email may be at;
+    /// empty: any.
+    pub allowed_email_domains: Vec<String>,
+}
+
+/// `access.registration`: whether anyone may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    #[default]
+    Open,
+    Closed,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSection {
@@ -156,6 +177,7 @@ pub struct SessionSection {
     pub on_limit: OnLimit,
     pub inject_user_email: bool,
     pub inject_session_id: bool,
+    pub inject_user_roles: bool,
     pub bind_session_to_user_agent: bool,
     #[serde(deserialize_with = "duration")]
     pub activity_flush_interval: Duration,
@@ -180,6 +202,7 @@ impl Default for SessionSection {
             on_limit: OnLimit::EvictOldest,
             inject_user_email: false,
             inject_session_id: false,
+            inject_user_roles: false,
             bind_session_to_user_agent: false,
             activity_flush_interval: Duration::from_secs(60),
             expiry_check_interval: Duration::from_secs(60),
@@ -281,6 +304,10 @@ pub struct BrandingSection {
     pub product_name: String,
     /// `#rgb` or `#rrggbb`; empty: the default blue.
     pub accent_color: String,
+    /// Where the account page's "back" link goes: a local path or an http(s) URL; empty: no
+    /// link.
+    pub back_link_url: String,
+    pub back_link_label: String,
 }
 
 impl Default for BrandingSection {
@@ -288,6 +315,8 @@ impl Default for BrandingSection {
         Self {
             product_name: "authgate".to_string(),
             accent_color: String::new(),
+            back_link_url: "/".to_string(),
+            back_link_label: "Back to the app".to_string(),
         }
     }
 }
@@ -418,6 +447,9 @@ pub struct RouteSection {
     /// Send the signed identity assertion on this route (when `[assertion]` is enabled).
     #[serde(default = "default_true")]
     pub assertion: bool,
+    /// Who this route serves (emails, `*@domain`, `role:NAME`); absent: every signed-in user.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `route.rate_limit`: per client IP, on this route only (on top of `[rate_limit]`).

@@ -17,7 +17,7 @@ use http::HeaderName;
 pub use file::AssertionAlgorithm;
 pub use file::{
     AuthMode, Balance, GeoipSection, LogFormat, LogSection, LoginProtectionSection, OnLimit,
-    RateLimitSection, StorageSection,
+    RateLimitSection, Registration, StorageSection,
 };
 use file::{FileConfig, PasswordSection, RouteSection, ServerSection, SessionSection};
 
@@ -37,6 +37,8 @@ impl ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageSection,
+    /// `[access]`: who may create an account.
+    pub access: crate::auth::access::AccessPolicy,
     pub session: SessionConfig,
     pub password: PasswordConfig,
     pub rate_limit: RateLimitSection,
@@ -69,6 +71,16 @@ pub struct BrandingConfig {
     pub product_name: String,
     /// Validated `#rrggbb` (or `#rgb`), readable as a background for white text.
     pub accent_color: Option<String>,
+    /// The account page's link back to the app (`branding.back_link_url`, `_label`); `None`
+    /// when the URL is empty.
+    pub back_link: Option<BackLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackLink {
+    /// A local path (`/`, `/app/`) or an `http(s)://` URL.
+    pub url: String,
+    pub label: String,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +129,8 @@ pub struct SessionConfig {
     pub on_limit: OnLimit,
     pub inject_user_email: bool,
     pub inject_session_id: bool,
+    /// Send the user's roles upstream as `X-User-Roles` (comma-separated).
+    pub inject_user_roles: bool,
     pub bind_session_to_user_agent: bool,
     pub activity_flush_interval: Duration,
     pub expiry_check_interval: Duration,
@@ -170,6 +184,8 @@ pub struct RouteConfig {
     pub tls: Option<UpstreamTls>,
     /// Send the identity assertion on this route (when `[assertion]` is enabled).
     pub assertion: bool,
+    /// Which signed-in users this route serves (`allow`); `None`: all of them.
+    pub allow: Option<crate::allow::AllowList>,
 }
 
 /// Active health checks of a route's upstreams.
@@ -262,7 +278,7 @@ impl Config {
 
     /// Every key read only at start-up, with its value (`Debug`), for hot reload to report the
     /// ones a new file changes. Everything not listed here is applied by a reload: routes,
-    /// `rate_limit`, `server.strip_headers`, `server.allowed_redirect_hosts`,
+    /// `rate_limit`, `server.strip_headers`, `server.allowed_redirect_hosts`, `access`,
     /// `login_protection`, `branding` and `log.level`.
     /// The destructuring has no `..`: a new key does not compile until it is classified.
     /// Values may hold secrets (a database URL with a password): report keys, never values.
@@ -275,6 +291,7 @@ impl Config {
         let Config {
             server,
             storage,
+            access: _,
             session,
             password,
             rate_limit: _,
@@ -323,6 +340,7 @@ impl Config {
             on_limit,
             inject_user_email,
             inject_session_id,
+            inject_user_roles,
             bind_session_to_user_agent,
             activity_flush_interval,
             expiry_check_interval,
@@ -353,6 +371,7 @@ impl Config {
         keys.extend(keys!("session": cookie_name, secure_cookie, idle_timeout, absolute_timeout));
         keys.extend(keys!("session": max_sessions_per_user, on_limit, inject_user_email));
         keys.extend(keys!("session": inject_session_id, bind_session_to_user_agent));
+        keys.extend(keys!("session": inject_user_roles));
         keys.extend(keys!("session": activity_flush_interval, expiry_check_interval));
         keys.extend(keys!("session": cache_ttl, cookie_domain));
         keys.extend(keys!("session": record_retention));
@@ -536,6 +555,13 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
     }
     let geoip = validate_geoip(file.geoip)?;
     let branding = validate_branding(file.branding)?;
+    let access = crate::auth::access::AccessPolicy::new(
+        file.access.registration,
+        &file.access.allowed_email_domains,
+    )
+    .map_err(|(index, message)| {
+        invalid(format!("access.allowed_email_domains[{index}]"), message)
+    })?;
     let demo = file.demo.enabled.then_some(file.demo.listen);
     if demo.is_some_and(|addr| addr == server.listen || addr == server.admin_listen) {
         return Err(invalid(
@@ -547,6 +573,7 @@ fn validate(file: FileConfig) -> Result<Config, Invalid> {
     Ok(Config {
         server,
         storage: file.storage,
+        access,
         session,
         password,
         rate_limit,
@@ -914,6 +941,7 @@ fn validate_session(
         on_limit: session.on_limit,
         inject_user_email: session.inject_user_email,
         inject_session_id: session.inject_session_id,
+        inject_user_roles: session.inject_user_roles,
         bind_session_to_user_agent: session.bind_session_to_user_agent,
         activity_flush_interval: session.activity_flush_interval,
         expiry_check_interval: session.expiry_check_interval,
@@ -997,10 +1025,53 @@ fn validate_branding(branding: file::BrandingSection) -> Result<BrandingConfig, 
             Some(color.to_ascii_lowercase())
         }
     };
+    let back_link = match branding.back_link_url.trim() {
+        "" => None,
+        url => {
+            check_back_link_url(url).map_err(|message| {
+                invalid("branding.back_link_url", format!("\"{url}\" {message}"))
+            })?;
+            let label = branding.back_link_label.trim();
+            if label.is_empty() || label.chars().count() > 60 {
+                return Err(invalid(
+                    "branding.back_link_label",
+                    "must be 1 to 60 characters",
+                ));
+            }
+            Some(BackLink {
+                url: url.to_string(),
+                label: label.to_string(),
+            })
+        }
+    };
     Ok(BrandingConfig {
         product_name,
         accent_color,
+        back_link,
     })
+}
+
+/// `branding.back_link_url`: a local path (`/app/`, not `//host`) or an `http(s)://host` URL,
+/// without spaces, control characters or backslashes (it is written into every account page).
+fn check_back_link_url(url: &str) -> Result<(), &'static str> {
+    if url.len() > 2048
+        || url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    {
+        return Err("must not hold spaces, control characters or backslashes");
+    }
+    if url.starts_with('/') && !url.starts_with("//") {
+        return Ok(());
+    }
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with(['/', '?', '#', '@']) => Ok(()),
+        _ => Err("must be a local path (\"/\", \"/app/\") or an http(s):// URL"),
+    }
 }
 
 /// Relative luminance (WCAG) of `#rgb` / `#rrggbb`.
@@ -1211,7 +1282,22 @@ fn validate_route(
             ),
         ));
     }
+    let allow = match &route.allow {
+        None => None,
+        Some(_) if route.auth == AuthMode::Public => {
+            return Err(invalid(
+                key("allow"),
+                "a public route serves everyone; set auth = \"required\" to limit it to \
+                 these users",
+            ))
+        }
+        Some(entries) => Some(
+            crate::allow::AllowList::parse(entries)
+                .map_err(|(at, message)| invalid(format!("{}[{at}]", key("allow")), message))?,
+        ),
+    };
     Ok(RouteConfig {
+        allow,
         prefix,
         host,
         upstreams,
@@ -1663,6 +1749,93 @@ mod tests {
             .to_string()
             .contains("contrast"));
         assert!(with("blue").is_err());
+    }
+
+    #[test]
+    fn registration_is_open_to_any_domain_by_default() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert!(config.access.registration_open());
+        assert_eq!(config.access.domains_rule(), None);
+        assert!(config
+            .access
+            .check_registration("a@anywhere.example")
+            .is_ok());
+    }
+
+    #[test]
+    fn access_keys_are_checked_and_named_with_their_line() {
+        let with = |lines: &str| Config::parse(&format!("{MINIMAL}\n[access]\n{lines}\n"));
+        let closed = with("registration = \"closed\"").unwrap();
+        assert!(!closed.access.registration_open());
+        let domains = with("allowed_email_domains = [\" Example.COM \", \"*.Corp.example.org\"]");
+        assert_eq!(
+            domains.unwrap().access.domains_rule().as_deref(),
+            Some("example.com, any subdomain of corp.example.org")
+        );
+        let error = with("registration = \"invite\"").unwrap_err().to_string();
+        assert!(
+            error.contains("line 6") && error.contains("access.registration"),
+            "{error}"
+        );
+        for bad in ["@x.com", "x .com", "bob@example.com", "*.com", "example"] {
+            let error = with(&format!(
+                "registration = \"open\"\nallowed_email_domains = [\"ok.example\", \"{bad}\"]"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.starts_with("access.allowed_email_domains[1] (line 7)"),
+                "{bad}: {error}"
+            );
+        }
+        let error = with("domains = []").unwrap_err().to_string();
+        assert!(error.contains("domains"), "{error}");
+    }
+
+    #[test]
+    fn back_link_defaults_to_the_root_and_must_be_a_path_or_web_url() {
+        let link = Config::parse(MINIMAL).unwrap().branding.back_link.unwrap();
+        assert_eq!(
+            (link.url.as_str(), link.label.as_str()),
+            ("/", "Back to the app")
+        );
+        let with = |lines: &str| Config::parse(&format!("[branding]\n{lines}\n{MINIMAL}"));
+        for good in [
+            "/app/",
+            "https://app.example.com/home",
+            "HTTP://intranet:8080",
+        ] {
+            let config = with(&format!("back_link_url = \"{good}\""));
+            assert_eq!(config.unwrap().branding.back_link.unwrap().url, good);
+        }
+        assert!(with("back_link_url = \"\"")
+            .unwrap()
+            .branding
+            .back_link
+            .is_none());
+        for bad in [
+            "//evil.example/",
+            "javascript:alert(1)",
+            "app",
+            "https://",
+            "https:///x",
+            "/a b",
+            "/a\\\\b",
+            "ftp://files.example/",
+        ] {
+            let error = with(&format!("back_link_url = \"{bad}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("branding.back_link_url (line 2)"),
+                "{bad}: {error}"
+            );
+        }
+        let error = with("back_link_label = \"  \"").unwrap_err().to_string();
+        assert!(
+            error.starts_with("branding.back_link_label (line 2)"),
+            "{error}"
+        );
     }
 
     #[test]

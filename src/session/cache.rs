@@ -315,6 +315,7 @@ mod tests {
                 location: None,
                 created_at_ms: now_ms,
                 absolute_expiry_ms: now_ms + 3_600_000,
+                roles: Vec::new(),
             },
             last_activity_ms: now_ms,
             idle_remaining: IDLE,

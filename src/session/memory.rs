@@ -307,6 +307,25 @@ impl SessionStore for MemorySessionStore {
         Ok(ended)
     }
 
+    async fn set_roles(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError> {
+        let mut state = self.state();
+        let epoch = state.epoch(user_id).wrapping_add(1);
+        state.epochs.insert(user_id, (epoch, Instant::now()));
+        let tokens: Vec<TokenHash> = state
+            .users
+            .get(&user_id)
+            .map(|index| index.values().cloned().collect())
+            .unwrap_or_default();
+        let mut updated = 0;
+        for token in tokens {
+            if let Some(entry) = state.sessions.get_mut(&token) {
+                entry.data.roles = roles.to_vec();
+                updated += 1;
+            }
+        }
+        Ok(updated)
+    }
+
     async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
         let now_ms = now_ms();
         let state = self.state();

@@ -64,6 +64,9 @@ pub struct SessionData {
     pub created_at_ms: i64,
     /// Unix milliseconds: the session ends then, however active.
     pub absolute_expiry_ms: i64,
+    /// The user's roles (sorted), read at login and rewritten in place on every live session
+    /// by `authgate user set-role` / `remove-role` ([`SessionStore::set_roles`]).
+    pub roles: Vec<String>,
 }
 
 /// A live session as the store sees it now.
@@ -162,6 +165,11 @@ pub trait SessionStore: Send + Sync {
         keep: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError>;
 
+    /// Replaces the roles of every live session of the user, and bumps the user's credential
+    /// epoch in the same atomic step (a login that read the roles before the change cannot
+    /// then create a session with them); returns how many sessions it changed.
+    async fn set_roles(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError>;
+
     /// Which of these sessions are still live (same order).
     async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError>;
 
@@ -190,6 +198,10 @@ pub enum EndReason {
     ReplacedByLogin,
     /// Used from another user agent, with `bind_session_to_user_agent`.
     UserAgentChanged,
+    /// An operator ended it (`authgate sessions revoke`).
+    RevokedByAdmin,
+    /// An operator disabled the account (`authgate user disable`).
+    AccountDisabled,
     /// Unused for the idle timeout (found by the expiry job).
     IdleTimeout,
     /// Past its absolute lifetime (found by the expiry job).
@@ -215,6 +227,8 @@ impl EndReason {
             EndReason::Evicted => "evicted",
             EndReason::ReplacedByLogin => "replaced_by_login",
             EndReason::UserAgentChanged => "user_agent_changed",
+            EndReason::RevokedByAdmin => "revoked_by_admin",
+            EndReason::AccountDisabled => "account_disabled",
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::AbsoluteTimeout => "absolute_timeout",
         }
@@ -260,6 +274,7 @@ pub struct Login {
     pub device_label: String,
     pub ip_id: Option<Uuid>,
     pub location: Option<String>,
+    pub roles: Vec<String>,
 }
 
 /// What [`Sessions::start`] came to.
@@ -492,6 +507,7 @@ impl Sessions {
             device_label: login.device_label,
             ip_id: login.ip_id,
             location: login.location,
+            roles: login.roles,
             created_at_ms,
             absolute_expiry_ms: created_at_ms.saturating_add(absolute_ms),
         };
@@ -647,6 +663,13 @@ impl Sessions {
 
     pub async fn live(&self, keys: &[SessionKey]) -> Result<Vec<bool>, StoreError> {
         self.store.live(keys).await
+    }
+
+    /// Gives every live session of the user these roles (see [`SessionStore::set_roles`]).
+    pub async fn set_roles(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError> {
+        let updated = self.store.set_roles(user_id, roles).await;
+        self.forget(user_id);
+        updated
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -46,7 +46,8 @@ use crate::model::StoreError;
 
 /// Field order shared by every script that returns a session.
 const SESSION_FIELDS: &str =
-    "'id', 'user', 'email', 'ip', 'ua', 'device', 'dlabel', 'ipid', 'loc', 'created', 'abs', 'last'";
+    "'id', 'user', 'email', 'ip', 'ua', 'device', 'dlabel', 'ipid', 'loc', 'created', 'abs', 'last', \
+     'roles'";
 
 /// KEYS[1] session key; ARGV now_ms, idle_ms. Returns fields + remaining idle ms, or nil.
 const TOUCH_SCRIPT: &str = r#"
@@ -208,6 +209,39 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {ended, missed}
 "#;
 
+/// KEYS[1] user index, KEYS[2] the user's credential epoch, KEYS[2+i] the snapshot's session
+/// keys; ARGV[1] session key prefix, ARGV[2] epoch ttl ms, ARGV[3] '1' to bump the epoch,
+/// ARGV[4] the invalidation channel, ARGV[5] the user id (published), ARGV[6] the roles
+/// (comma-separated), ARGV[6+i] the snapshot's session ids. Bumping the epoch means no login
+/// that read the old roles can create its session any more. Returns {how many sessions it
+/// changed, [id, token hash] pairs of the index entries the snapshot did not have}.
+const SET_ROLES_SCRIPT: &str = r#"
+if ARGV[3] == '1' then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+local changed = 0
+local declared = {}
+for i = 3, #KEYS do
+  local id = ARGV[4 + i]
+  declared[id] = true
+  if index_holds(id, KEYS[i], ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], 'roles', ARGV[6])
+    changed = changed + 1
+  end
+end
+local missed = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if not declared[entries[i]] then
+    table.insert(missed, entries[i])
+    table.insert(missed, entries[i + 1])
+  end
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {changed, missed}
+"#;
+
 fn script(source: &str) -> Script {
     let source = source.replace("FIELDS", SESSION_FIELDS);
     if source.contains("index_holds") {
@@ -243,6 +277,7 @@ struct Scripts {
     list: Script,
     revoke: Script,
     revoke_all: Script,
+    set_roles: Script,
 }
 
 /// A snapshot of a user's index: (session id, token hash hex).
@@ -270,6 +305,7 @@ impl RedisSessionStore {
                 list: script(LIST_SCRIPT),
                 revoke: script(REVOKE_SCRIPT),
                 revoke_all: script(REVOKE_ALL_SCRIPT),
+                set_roles: script(SET_ROLES_SCRIPT),
             },
         }
     }
@@ -327,6 +363,14 @@ pub fn invalidation_channel(prefix: &str) -> String {
     format!("{prefix}sessions:invalidate")
 }
 
+/// The `[id, token hash, …]` pairs a script reports its snapshot missed, as a new snapshot.
+fn missed_entries(missed: Vec<String>) -> Snapshot {
+    missed
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect()
+}
+
 /// Runs a change, and once more if Redis was unavailable (see the `_once` methods).
 async fn once_more<T, F, Fut>(attempt: F) -> Result<T, StoreError>
 where
@@ -376,6 +420,7 @@ impl RedisSessionStore {
             ("created", session.created_at_ms.to_string()),
             ("abs", session.absolute_expiry_ms.to_string()),
             ("last", session.created_at_ms.to_string()),
+            ("roles", session.roles.join(",")),
         ];
         for _ in 0..CREATE_ATTEMPTS {
             let snapshot = self.snapshot(session.user_id).await?;
@@ -484,10 +529,7 @@ impl RedisSessionStore {
                 .call("revoke_all", invocation.invoke_async(&mut connection))
                 .await?;
             ended_ids.extend(ended.iter().filter_map(|id| id.parse::<Uuid>().ok()));
-            snapshot = missed
-                .chunks_exact(2)
-                .map(|pair| (pair[0].clone(), pair[1].clone()))
-                .collect();
+            snapshot = missed_entries(missed);
             if snapshot.is_empty() {
                 break;
             }
@@ -496,6 +538,40 @@ impl RedisSessionStore {
             .replicate(&mut connection, &self.user_index_key(user_id))
             .await;
         Ok(ended_ids)
+    }
+
+    /// Like [`Self::revoke_all_once`]: the first call bumps the epoch and changes the
+    /// snapshot's sessions, a second the entries made between the snapshot and the bump.
+    async fn set_roles_once(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError> {
+        let mut snapshot = self.snapshot(user_id).await?;
+        let mut changed = 0;
+        let mut connection = self.changes.get().await?;
+        let joined = roles.join(",");
+        for bump in [true, false] {
+            let mut invocation = self.scripts.set_roles.key(self.user_index_key(user_id));
+            invocation
+                .key(self.epoch_key(user_id))
+                .arg(self.session_prefix(SlotTag::of_user(user_id)))
+                .arg(millis(self.epoch_ttl))
+                .arg(if bump { "1" } else { "0" })
+                .arg(&self.channel)
+                .arg(user_id.to_string())
+                .arg(&joined);
+            self.declare(&mut invocation, user_id, &snapshot);
+            let (count, missed): (usize, Vec<String>) = self
+                .changes
+                .call("set_roles", invocation.invoke_async(&mut connection))
+                .await?;
+            changed += count;
+            snapshot = missed_entries(missed);
+            if snapshot.is_empty() {
+                break;
+            }
+        }
+        self.changes
+            .replicate(&mut connection, &self.user_index_key(user_id))
+            .await;
+        Ok(changed)
     }
 }
 
@@ -585,6 +661,10 @@ impl SessionStore for RedisSessionStore {
         once_more(|| self.revoke_all_once(user_id, keep)).await
     }
 
+    async fn set_roles(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError> {
+        once_more(|| self.set_roles_once(user_id, roles)).await
+    }
+
     async fn credential_epoch(&self, user_id: Uuid) -> Result<u64, StoreError> {
         let mut connection = self.connection.get().await?;
         let key = self.epoch_key(user_id);
@@ -646,9 +726,18 @@ fn parse_live_session(fields: &[redis::Value]) -> Option<LiveSession> {
         location: text(8).filter(|location| !location.is_empty()),
         created_at_ms: number(9)?,
         absolute_expiry_ms: number(10)?,
+        roles: text(12)
+            .map(|roles| {
+                roles
+                    .split(',')
+                    .filter(|role| !role.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let last_activity_ms = number(11).unwrap_or(data.created_at_ms);
-    let left_ms: i64 = redis::from_redis_value(fields.get(12)?).ok()?;
+    let left_ms: i64 = redis::from_redis_value(fields.get(13)?).ok()?;
     Some(LiveSession {
         data,
         last_activity_ms,

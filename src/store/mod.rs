@@ -183,6 +183,21 @@ pub enum AuditKind {
     PasswordChangeFailed,
     SessionIpChanged,
     SessionUaChanged,
+    /// An operator command (`authgate user …`, `authgate sessions …`).
+    Admin(AdminAction),
+}
+
+/// The operator commands, each audited as `admin_<command>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    UserList,
+    UserAdd,
+    UserDisable,
+    UserEnable,
+    UserSetRole,
+    UserRemoveRole,
+    SessionsList,
+    SessionsRevoke,
 }
 
 impl AuditKind {
@@ -201,6 +216,16 @@ impl AuditKind {
             AuditKind::PasswordChangeFailed => "password_change_failed",
             AuditKind::SessionIpChanged => "session_ip_changed",
             AuditKind::SessionUaChanged => "session_ua_changed",
+            AuditKind::Admin(action) => match action {
+                AdminAction::UserList => "admin_user_list",
+                AdminAction::UserAdd => "admin_user_add",
+                AdminAction::UserDisable => "admin_user_disable",
+                AdminAction::UserEnable => "admin_user_enable",
+                AdminAction::UserSetRole => "admin_user_set_role",
+                AdminAction::UserRemoveRole => "admin_user_remove_role",
+                AdminAction::SessionsList => "admin_sessions_list",
+                AdminAction::SessionsRevoke => "admin_sessions_revoke",
+            },
         }
     }
 }
@@ -311,6 +336,39 @@ pub trait RecordStore: Send + Sync {
         key: &StoredSigningKey,
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Every account, oldest first, with its roles (`authgate user list`).
+    async fn list_users(&self) -> Result<Vec<Account>, StoreError>;
+    /// Enables or disables an account; whether it changed anything (false: no such user).
+    async fn set_user_active(&self, user_id: Uuid, active: bool) -> Result<bool, StoreError>;
+    /// A user's roles, sorted.
+    async fn user_roles(&self, user_id: Uuid) -> Result<Vec<String>, StoreError>;
+    /// Gives a user a role; false if the user had it already.
+    async fn add_user_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError>;
+    /// Takes a role from a user; false if the user did not have it.
+    async fn remove_user_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError>;
+}
+
+/// An account as `authgate user list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    #[serde(flatten)]
+    pub user: User,
+    pub is_active: bool,
+    pub roles: Vec<String>,
+}
+
+/// Splits the `string_agg`/`group_concat` of a user's roles (comma-separated; role names
+/// cannot hold a comma) into a sorted list.
+pub(crate) fn split_roles(joined: Option<String>) -> Vec<String> {
+    let mut roles: Vec<String> = joined
+        .unwrap_or_default()
+        .split(',')
+        .filter(|role| !role.is_empty())
+        .map(str::to_string)
+        .collect();
+    roles.sort();
+    roles
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::sql::Calls;
 use super::{
-    ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord, NewUser, RecordStore,
-    SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
+    split_roles, Account, ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord,
+    NewUser, RecordStore, SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
 };
 use crate::model::TokenHash;
 use crate::telemetry::{Metrics, Store};
@@ -503,5 +503,80 @@ impl RecordStore for PostgresStore {
                 Ok(retired)
             })
             .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<Account>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, is_active, (SELECT string_agg(role, ',' ORDER BY role) \
+             FROM user_roles r WHERE r.user_id = users.id) AS roles \
+             FROM users ORDER BY created_at, id"
+        );
+        self.calls
+            .run("list_users", async {
+                let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Account {
+                            user: User::from_row(row)?,
+                            is_active: row.try_get("is_active")?,
+                            roles: split_roles(row.try_get("roles")?),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn set_user_active(&self, user_id: Uuid, active: bool) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "set_user_active",
+                sqlx::query("UPDATE users SET is_active = $2, updated_at = now() WHERE id = $1")
+                    .bind(user_id)
+                    .bind(active)
+                    .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() > 0)
+    }
+
+    async fn user_roles(&self, user_id: Uuid) -> Result<Vec<String>, StoreError> {
+        self.calls
+            .run(
+                "user_roles",
+                sqlx::query_scalar("SELECT role FROM user_roles WHERE user_id = $1 ORDER BY role")
+                    .bind(user_id)
+                    .fetch_all(&self.pool),
+            )
+            .await
+    }
+
+    async fn add_user_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "add_user_role",
+                sqlx::query(
+                    "INSERT INTO user_roles (user_id, role) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(role)
+                .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() > 0)
+    }
+
+    async fn remove_user_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "remove_user_role",
+                sqlx::query("DELETE FROM user_roles WHERE user_id = $1 AND role = $2")
+                    .bind(user_id)
+                    .bind(role)
+                    .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() > 0)
     }
 }

@@ -38,8 +38,8 @@ use uuid::Uuid;
 
 use super::sql::Calls;
 use super::{
-    ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord, NewUser, RecordStore,
-    SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
+    split_roles, Account, ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord,
+    NewUser, RecordStore, SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
 };
 use crate::model::TokenHash;
 use crate::telemetry::{Metrics, Store};
@@ -776,6 +776,83 @@ impl RecordStore for SqliteStore {
                 Ok(retired)
             })
             .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<Account>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, is_active, (SELECT group_concat(role, ',') FROM \
+             (SELECT role FROM user_roles r WHERE r.user_id = users.id ORDER BY role)) AS roles \
+             FROM users ORDER BY created_at, id"
+        );
+        self.calls
+            .run("list_users", async {
+                let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Account {
+                            user: user_from_row(row)?,
+                            is_active: row.try_get::<i64, _>("is_active")? != 0,
+                            roles: split_roles(row.try_get("roles")?),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn set_user_active(&self, user_id: Uuid, active: bool) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "set_user_active",
+                sqlx::query("UPDATE users SET is_active = ?2, updated_at = ?3 WHERE id = ?1")
+                    .bind(id(user_id))
+                    .bind(i64::from(active))
+                    .bind(time(Utc::now()))
+                    .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() > 0)
+    }
+
+    async fn user_roles(&self, user_id: Uuid) -> Result<Vec<String>, StoreError> {
+        self.calls
+            .run(
+                "user_roles",
+                sqlx::query_scalar("SELECT role FROM user_roles WHERE user_id = ?1 ORDER BY role")
+                    .bind(id(user_id))
+                    .fetch_all(&self.pool),
+            )
+            .await
+    }
+
+    async fn add_user_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "add_user_role",
+                sqlx::query(
+                    "INSERT INTO user_roles (user_id, role, created_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(id(user_id))
+                .bind(role)
+                .bind(time(Utc::now()))
+                .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() > 0)
+    }
+
+    async fn remove_user_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        self.calls
+            .run(
+                "remove_user_role",
+                sqlx::query("DELETE FROM user_roles WHERE user_id = ?1 AND role = ?2")
+                    .bind(id(user_id))
+                    .bind(role)
+                    .execute(&self.pool),
+            )
+            .await
+            .map(|result| result.rows_affected() > 0)
     }
 }
 
