@@ -5,7 +5,12 @@
 //! the domain itself only, not its subdomains) or a role (`role:admin`). A signed-in user
 //! matching any entry is served; one matching none gets 403. A route without `allow` serves
 //! every signed-in user. Emails and domains are normalised as sign-up normalises addresses
-//! (trimmed, lower-case, Unicode NFC), so an entry matches however the operator typed it.
+//! (trimmed, Unicode NFKC, lower-case), so an entry matches however the operator typed it.
+//!
+//! authgate never sends mail, so an address is whatever the user typed at sign-up: email and
+//! `*@domain` entries are only as strong as the registration policy (`[access]`). With open
+//! registration anyone can sign up as `bob@partner.org` before Bob does; use roles, or close
+//! registration and create accounts with `authgate user add`.
 
 use crate::auth::input::normalize_email;
 
@@ -53,6 +58,12 @@ impl AllowList {
             }
         }
         Ok(list)
+    }
+
+    /// Whether it names users by address (emails or `*@domain`), which only the registration
+    /// policy vouches for.
+    pub fn names_addresses(&self) -> bool {
+        !(self.emails.is_empty() && self.domains.is_empty())
     }
 
     /// Whether a user with this (normalised) email and these roles is served.

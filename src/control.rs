@@ -27,10 +27,15 @@ use crate::store::DatabaseUrl;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest request line read (a role list is the largest thing sent).
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// The longest answer read (a user's sessions: the per-user cap keeps it small).
+const MAX_REPLY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where the gateway of this config listens, when its sessions are in its memory; `None` with
-/// Redis (the commands then act on Redis).
-pub fn socket_path(config: &Config) -> Option<PathBuf> {
+/// Redis (the commands then act on Redis). Beside the SQLite file (`<file>.sock`, relative to
+/// the working directory like the file itself); with Postgres, beside the config file
+/// (`authgate.sock` in its directory), so a command run from anywhere with the same
+/// `--config` finds the gateway.
+pub fn socket_path(config: &Config, config_path: &Path) -> Option<PathBuf> {
     if config.storage.redis().is_some() {
         return None;
     }
@@ -40,8 +45,19 @@ pub fn socket_path(config: &Config) -> Option<PathBuf> {
             name.push(".sock");
             PathBuf::from(name)
         }
-        _ => PathBuf::from("authgate.sock"),
+        _ => config_path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("authgate.sock"),
     })
+}
+
+/// This process's user id (the owner of `/proc/self`): a peer of the socket must be this user
+/// or root.
+fn own_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self")?.uid())
 }
 
 /// What a command asks of the gateway.
@@ -125,16 +141,29 @@ impl SessionView {
     }
 }
 
-/// Binds the socket (replacing a stale one: the caller holds the database's single-instance
-/// lock, so no other gateway of this config is using it), readable and writable by this OS
-/// user only.
+/// Binds the socket, readable and writable by this OS user only. A socket file left by a
+/// gateway that has stopped is replaced; one that another gateway still answers on is an
+/// error (two gateways with in-memory sessions on one config would each hold only part of
+/// the sessions).
 pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "another authgate answers on {}: only one gateway may keep sessions in its \
+                 memory for this configuration",
+                path.display()
+            ),
+        ));
+    }
     match std::fs::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
+    // Until this, the socket has the umask's mode; a peer that connected in between is
+    // still refused by the user check in `serve`.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -149,9 +178,21 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, sessions: Arc<Ses
             return;
         }
     };
+    let own = match own_uid() {
+        Ok(uid) => uid,
+        Err(error) => {
+            tracing::error!(%error, "cannot tell this process's user: control socket closed");
+            return;
+        }
+    };
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let peer = stream.peer_cred().map(|credentials| credentials.uid());
+                if !matches!(peer, Ok(uid) if uid == own || uid == 0) {
+                    tracing::warn!(?peer, "control socket: a peer of another user was refused");
+                    continue;
+                }
                 let sessions = sessions.clone();
                 tokio::spawn(async move {
                     if let Err(error) =
@@ -200,10 +241,19 @@ async fn execute(request: Request, sessions: &Sessions) -> Reply {
             .end_all_except(user_id, None, reason.reason())
             .await
             .map(Reply::Ended),
-        Request::SetRoles { user_id, roles } => sessions
-            .set_roles(user_id, &roles)
-            .await
-            .map(Reply::Changed),
+        Request::SetRoles { user_id, roles } => {
+            let roles: Result<Vec<String>, String> = roles
+                .iter()
+                .map(|role| crate::allow::normalize_role(role))
+                .collect();
+            match roles {
+                Ok(roles) => sessions
+                    .set_roles(user_id, &roles)
+                    .await
+                    .map(Reply::Changed),
+                Err(message) => return Reply::Error(message),
+            }
+        }
     };
     outcome.unwrap_or_else(|error| Reply::Error(error.to_string()))
 }
@@ -234,7 +284,9 @@ pub async fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Reply>
         out.push(b'\n');
         writer.write_all(&out).await?;
         let mut line = String::new();
-        BufReader::new(reader).read_line(&mut line).await?;
+        BufReader::new(reader.take(MAX_REPLY_BYTES))
+            .read_line(&mut line)
+            .await?;
         anyhow::Ok(serde_json::from_str::<Reply>(&line)?)
     };
     match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {

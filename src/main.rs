@@ -152,6 +152,7 @@ fn main() -> ExitCode {
         } => server::rotate_assertion_key(config),
         Command::User { command } => operator::run(
             config,
+            &cli.config,
             match command {
                 UserCommand::List { json } => operator::Command::UserList { json },
                 UserCommand::Add {
@@ -173,6 +174,7 @@ fn main() -> ExitCode {
         ),
         Command::Sessions { command } => operator::run(
             config,
+            &cli.config,
             match command {
                 SessionsCommand::List { email, json } => {
                     operator::Command::SessionsList { email, json }

@@ -13,7 +13,7 @@
 //! else `USER`, else the uid), the command and its target.
 
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -34,6 +34,9 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{AdminAction, AuditKind, AuthEvent, Credentials, DatabaseUrl, RecordStore};
 use crate::telemetry::Metrics;
 
+/// How often a role change re-applies the roles when concurrent commands keep changing them.
+const ROLE_SYNC_ATTEMPTS: usize = 5;
+
 /// An operator command, as parsed from the command line.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -48,15 +51,19 @@ pub enum Command {
 }
 
 /// Runs one command against the stores `config` names; what it prints goes to stdout.
-pub fn run(config: Config, command: Command) -> anyhow::Result<()> {
-    crate::telemetry::init_logging(&config.log);
+pub fn run(config: Config, config_path: &Path, command: Command) -> anyhow::Result<()> {
+    // The command's own output is on stdout; its log has warnings only (RUST_LOG overrides).
+    crate::telemetry::init_logging(&crate::config::LogSection {
+        level: "warn".to_string(),
+        ..config.log.clone()
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start a runtime")?;
     runtime.block_on(async {
-        let operator = Operator::open(&config, runtime.handle().clone()).await?;
+        let operator = Operator::open(&config, config_path, runtime.handle().clone()).await?;
         operator.execute(command).await
     })
 }
@@ -69,6 +76,9 @@ enum Live {
     Gateway(PathBuf),
     /// The embedded pair with no gateway running: no live sessions exist.
     Nowhere,
+    /// In-memory sessions with Postgres, and no gateway answered on this socket: whether one
+    /// runs cannot be told, so commands that act on live sessions refuse.
+    Unknown(PathBuf),
 }
 
 struct Operator {
@@ -80,12 +90,16 @@ struct Operator {
 }
 
 impl Operator {
-    async fn open(config: &Config, runtime: tokio::runtime::Handle) -> anyhow::Result<Operator> {
+    async fn open(
+        config: &Config,
+        config_path: &Path,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Operator> {
         let metrics = Arc::new(Metrics::new()?);
         let storage = &config.storage;
         let url = DatabaseUrl::parse(&storage.database_url)
             .map_err(|message| anyhow!("storage.database_url: {message}"))?;
-        let socket = control::socket_path(config);
+        let socket = control::socket_path(config, config_path);
         let gateway_running = match &socket {
             Some(path) => control::ask(
                 path,
@@ -97,6 +111,7 @@ impl Operator {
             .is_some(),
             None => false,
         };
+        let sqlite = matches!(url, DatabaseUrl::Sqlite(_));
         let records: Arc<dyn RecordStore> = match url {
             DatabaseUrl::Postgres(url) => Arc::new(
                 PostgresStore::connect_lazy(
@@ -107,8 +122,19 @@ impl Operator {
                 )
                 .context("storage.database_url")?,
             ),
-            // The running gateway holds the file's lock; SQLite lets the command write beside it.
-            DatabaseUrl::Sqlite(path) if gateway_running => Arc::new(
+            // A command never creates a database: a relative path read from another working
+            // directory than the gateway's would otherwise make a new, empty one.
+            DatabaseUrl::Sqlite(path) if !path.exists() => bail!(
+                "no SQLite database at {} (storage.database_url; a relative path is read from \
+                 the working directory, {}): run the command where the gateway runs",
+                path.display(),
+                std::env::current_dir()
+                    .map(|dir| dir.display().to_string())
+                    .unwrap_or_default()
+            ),
+            // The running gateway holds the file's lock; SQLite lets the command write beside
+            // it. (With Redis the sessions are not in a gateway: whether one runs is moot.)
+            DatabaseUrl::Sqlite(path) if gateway_running || socket.is_none() => Arc::new(
                 SqliteStore::open_for_command(&path, storage.database_timeout, metrics.clone())
                     .await?,
             ),
@@ -154,7 +180,11 @@ impl Operator {
                 )))
             }
             (None, Some(path)) if gateway_running => Live::Gateway(path),
-            (None, _) => Live::Nowhere,
+            // SQLite: this command holds the file's lock, so no gateway runs.
+            (None, _) if sqlite => Live::Nowhere,
+            // Postgres with in-memory sessions: no lock says whether a gateway runs somewhere
+            // its socket was not found.
+            (None, path) => Live::Unknown(path.unwrap_or_default()),
         };
         Ok(Operator {
             config: config.clone(),
@@ -165,6 +195,19 @@ impl Operator {
     }
 
     async fn execute(&self, command: Command) -> anyhow::Result<()> {
+        let touches_sessions = !matches!(
+            command,
+            Command::UserList { .. } | Command::UserAdd { .. } | Command::UserEnable { .. }
+        );
+        if let (true, Live::Unknown(path)) = (touches_sessions, &self.live) {
+            bail!(
+                "no gateway answers on the control socket {}: with storage.redis_url empty the \
+                 live sessions are in the gateway's memory, and they cannot be reached. Start \
+                 the gateway with this config file, or run the command with the config file \
+                 it uses",
+                path.display()
+            );
+        }
         match command {
             Command::UserList { json } => self.user_list(json).await,
             Command::UserAdd {
@@ -233,7 +276,7 @@ impl Operator {
             let line = text.lines().next().unwrap_or("").to_string();
             (line, false)
         } else {
-            (generate_password(), true)
+            (generate_password(self.config.password.min_length), true)
         };
         input::check_new_password(&password, &email, self.config.password.min_length)
             .map_err(|error| anyhow!("password: {}", error.message()))?;
@@ -276,25 +319,32 @@ impl Operator {
     async fn set_active(&self, email: &str, active: bool) -> anyhow::Result<()> {
         let account = self.account(email).await?;
         let user_id = account.user.id;
-        self.records.set_user_active(user_id, active).await?;
-        // Disabled first, then every session ended (and the credential epoch moved): a login
-        // in flight either sees the account disabled or loses its session to the epoch.
-        let ended = if active {
-            Vec::new()
-        } else {
-            self.end_sessions(user_id, AdminEnd::Disabled).await?
-        };
         let action = if active {
             AdminAction::UserEnable
         } else {
             AdminAction::UserDisable
         };
-        self.audit(
-            action,
-            Some(user_id),
-            json!({ "email": account.user.email, "sessions_ended": ended.len() }),
-        )
-        .await?;
+        let detail = json!({ "email": account.user.email });
+        // Disabled first, then every session ended (and the credential epoch moved): a login
+        // in flight either sees the account disabled or loses its session to the epoch.
+        let outcome = async {
+            self.records.set_user_active(user_id, active).await?;
+            if active {
+                Ok(Vec::new())
+            } else {
+                self.end_sessions(user_id, AdminEnd::Disabled).await
+            }
+        }
+        .await;
+        let ended = self
+            .audited(
+                action,
+                user_id,
+                detail,
+                outcome,
+                |ended| json!({ "sessions_ended": ended.len() }),
+            )
+            .await?;
         if active {
             println!("user {} enabled", account.user.email);
         } else {
@@ -311,24 +361,31 @@ impl Operator {
         let role = normalize_role(role).map_err(|message| anyhow!("--role: {message}"))?;
         let account = self.account(email).await?;
         let user_id = account.user.id;
-        let changed = if give {
-            self.records.add_user_role(user_id, &role).await?
-        } else {
-            self.records.remove_user_role(user_id, &role).await?
-        };
-        let roles = self.records.user_roles(user_id).await?;
-        let sessions = self.set_live_roles(user_id, &roles).await?;
         let action = if give {
             AdminAction::UserSetRole
         } else {
             AdminAction::UserRemoveRole
         };
-        self.audit(
-            action,
-            Some(user_id),
-            json!({ "email": account.user.email, "role": role, "changed": changed, "roles": roles }),
-        )
-        .await?;
+        let detail = json!({ "email": account.user.email, "role": role });
+        let outcome = async {
+            let changed = if give {
+                self.records.add_user_role(user_id, &role).await?
+            } else {
+                self.records.remove_user_role(user_id, &role).await?
+            };
+            let (roles, sessions) = self.sync_live_roles(user_id).await?;
+            anyhow::Ok((changed, roles, sessions))
+        }
+        .await;
+        let (changed, roles, sessions) = self
+            .audited(
+                action,
+                user_id,
+                detail,
+                outcome,
+                |(changed, roles, _)| json!({ "changed": changed, "roles": roles }),
+            )
+            .await?;
         let what = match (give, changed) {
             (true, true) => format!("role {role} given to {}", account.user.email),
             (true, false) => format!("{} already has role {role}", account.user.email),
@@ -364,7 +421,7 @@ impl Operator {
                 Reply::Sessions(sessions) => sessions,
                 other => bail!("unexpected answer from the gateway: {other:?}"),
             },
-            Live::Nowhere => Vec::new(),
+            Live::Nowhere | Live::Unknown(_) => Vec::new(),
         };
         self.audit(
             AdminAction::SessionsList,
@@ -404,21 +461,62 @@ impl Operator {
 
     async fn sessions_revoke(&self, email: &str) -> anyhow::Result<()> {
         let account = self.account(email).await?;
+        let outcome = self.end_sessions(account.user.id, AdminEnd::Revoked).await;
         let ended = self
-            .end_sessions(account.user.id, AdminEnd::Revoked)
+            .audited(
+                AdminAction::SessionsRevoke,
+                account.user.id,
+                json!({ "email": account.user.email }),
+                outcome,
+                |ended| json!({ "sessions_ended": ended.len(), "session_ids": ended }),
+            )
             .await?;
-        self.audit(
-            AdminAction::SessionsRevoke,
-            Some(account.user.id),
-            json!({ "email": account.user.email, "sessions_ended": ended.len(), "session_ids": ended }),
-        )
-        .await?;
         println!(
             "{} session(s) of {} revoked",
             ended.len(),
             account.user.email
         );
         Ok(())
+    }
+
+    /// Writes a changing command's audit event whatever came of it: `detail` plus what
+    /// `describe` says of the result, or the error (a change may have been half made: the
+    /// database written, the sessions not reached). Then hands the result on.
+    async fn audited<T>(
+        &self,
+        action: AdminAction,
+        user_id: Uuid,
+        mut detail: serde_json::Value,
+        outcome: anyhow::Result<T>,
+        describe: impl FnOnce(&T) -> serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let extra = match &outcome {
+            Ok(value) => describe(value),
+            Err(error) => json!({ "error": format!("{error:#}") }),
+        };
+        if let (Some(detail), Some(extra)) = (detail.as_object_mut(), extra.as_object()) {
+            detail.extend(extra.clone());
+        }
+        let audit = self.audit(action, Some(user_id), detail).await;
+        let value = outcome?;
+        audit?;
+        Ok(value)
+    }
+
+    /// Gives the user's live sessions the roles the database holds now, until the database
+    /// holds still: a concurrent role change by another command may have pushed an older
+    /// list in between. The roles, and how many sessions were changed.
+    async fn sync_live_roles(&self, user_id: Uuid) -> anyhow::Result<(Vec<String>, usize)> {
+        let mut roles = self.records.user_roles(user_id).await?;
+        for _ in 0..ROLE_SYNC_ATTEMPTS {
+            let sessions = self.set_live_roles(user_id, &roles).await?;
+            let now = self.records.user_roles(user_id).await?;
+            if now == roles {
+                return Ok((roles, sessions));
+            }
+            roles = now;
+        }
+        bail!("the user's roles kept changing under concurrent commands; run the command again")
     }
 
     /// Ends every live session of the user, wherever they are, and records the endings.
@@ -451,7 +549,7 @@ impl Operator {
                 Reply::Ended(ids) => Ok(ids),
                 other => bail!("unexpected answer from the gateway: {other:?}"),
             },
-            Live::Nowhere => Ok(Vec::new()),
+            Live::Nowhere | Live::Unknown(_) => Ok(Vec::new()),
         }
     }
 
@@ -472,7 +570,7 @@ impl Operator {
                 Reply::Changed(count) => Ok(count),
                 other => bail!("unexpected answer from the gateway: {other:?}"),
             },
-            Live::Nowhere => Ok(0),
+            Live::Nowhere | Live::Unknown(_) => Ok(0),
         }
     }
 
@@ -503,6 +601,7 @@ impl Operator {
     ) -> anyhow::Result<()> {
         if let Some(object) = detail.as_object_mut() {
             object.insert("operator".to_string(), json!(self.name));
+            object.insert("uid".to_string(), json!(process_uid()));
         }
         let event = AuthEvent {
             kind: AuditKind::Admin(action),
@@ -524,11 +623,12 @@ fn operator_name() -> String {
     ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
-        .unwrap_or_else(|| format!("uid {}", unsafe_free_uid()))
+        .unwrap_or_else(|| format!("uid {}", process_uid()))
 }
 
-/// The real uid, from `/proc` (no `unsafe` libc call for a label).
-fn unsafe_free_uid() -> String {
+/// The real uid, from `/proc` (no `unsafe` libc call for a label): recorded beside the name,
+/// which comes from the environment and is only as true as the operator's shell.
+fn process_uid() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -542,11 +642,11 @@ fn unsafe_free_uid() -> String {
 
 /// A password for `user add` without `--password-stdin`: 20 characters from a CSPRNG (about
 /// 119 bits), letters and digits without look-alikes.
-fn generate_password() -> String {
+fn generate_password(min_length: usize) -> String {
     use rand::Rng as _;
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rngs::OsRng;
-    (0..20)
+    (0..min_length.max(20))
         .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
         .collect()
 }

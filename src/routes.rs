@@ -189,10 +189,12 @@ impl Route {
         host_ok && prefix_ok
     }
 
-    /// What a request on this route is allowed: two routes with equal protection may serve
-    /// readings of the same path.
-    fn protection(&self) -> AuthMode {
-        self.auth
+    /// What a request on this route is allowed: two routes with equal protection (the same
+    /// auth mode and the same allow list) may serve readings of the same path. Otherwise
+    /// `/ADMIN/x`, matched by a `/` route, would reach an upstream that reads it as
+    /// `/admin/x` without the `/admin/` route's allow list being checked.
+    fn protection(&self) -> (AuthMode, Option<&crate::allow::AllowList>) {
+        (self.auth, self.allow.as_ref())
     }
 }
 

@@ -228,6 +228,20 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         upgrade::check_socket_directory(std::path::Path::new(&config.server.upgrade_sock))?;
     }
     let start_config = config.clone();
+    if config.access.registration_open()
+        && config.routes.iter().any(|route| {
+            route
+                .allow
+                .as_ref()
+                .is_some_and(|allow| allow.names_addresses())
+        })
+    {
+        tracing::warn!(
+            "a route's allow list names email addresses or *@domain, and registration is \
+             open: addresses are not verified, so anyone can sign up as a listed address; \
+             use role: entries, or access.registration = \"closed\" with `authgate user add`"
+        );
+    }
     let background = background_runtime()?;
     let metrics = Arc::new(Metrics::new()?);
 
@@ -285,20 +299,19 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sessions = sessions.with_cache(cache);
     }
     let sessions = Arc::new(sessions);
-    // Sessions in this process's memory: the operator commands reach them through this socket.
-    if let Some(path) = crate::control::socket_path(&start_config) {
-        match crate::control::bind(&path) {
-            Ok(listener) => {
-                tracing::info!(path = %path.display(), "control socket for operator commands");
-                background.spawn(crate::control::serve(listener, sessions.clone()));
-            }
-            Err(error) => tracing::warn!(
-                %error,
-                path = %path.display(),
-                "cannot open the control socket: `authgate user` / `authgate sessions` cannot \
-                 reach this gateway's live sessions"
-            ),
-        }
+    // Sessions in this process's memory: the operator commands reach them through this
+    // socket, so a gateway that cannot open it does not start (its sessions would be out of
+    // the operator's reach: a disabled user would stay signed in).
+    if let Some(path) = crate::control::socket_path(&start_config, &options.config_path) {
+        let listener = crate::control::bind(&path).with_context(|| {
+            format!(
+                "cannot open the control socket {} (operator commands reach this gateway's \
+                 in-memory sessions through it)",
+                path.display()
+            )
+        })?;
+        tracing::info!(path = %path.display(), "control socket for operator commands");
+        background.spawn(crate::control::serve(listener, sessions.clone()));
     }
     background.spawn(jobs::flush_activity(
         activity,

@@ -358,6 +358,25 @@ async fn allow_lists_serve_listed_emails_domains_and_roles_and_role_changes_appl
         "the upstream saw a refused request"
     );
     assert_eq!(status_of(&gateway, "/x", &bob).await, 200);
+    // Other spellings of a listed path are matched by the `/` route, but an upstream may read
+    // them as the listed one (case-insensitively, without ;parameters, decoding twice): they
+    // are refused, never forwarded without the allow list's check.
+    for spelling in [
+        "/ADMIN/x",
+        "/Admin/x",
+        "/admin;x/x",
+        "/%2561dmin/x",
+        "/TEAM/x",
+        "/team;v=1/x",
+    ] {
+        let status = status_of(&gateway, spelling, &eve).await;
+        assert!(status == 400 || status == 403, "{spelling}: {status}");
+    }
+    assert_eq!(
+        gateway.echo.request_count(),
+        seen + 1,
+        "only /x reached the upstream"
+    );
 
     // A role given is honoured on the very next request of the existing session, and taken
     // away the same way; upstreams see it in X-User-Roles, and nobody can send their own.
@@ -556,4 +575,124 @@ fn move_last_route_first(text: &str) -> String {
     let (head, last) = text.split_at(at);
     let first = head.find("[[route]]").unwrap_or(head.len());
     format!("{}{}\n{}", &head[..first], last, &head[first..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_lists_reload_and_forward_auth_answers_the_roles() {
+    let gateway = Gateway::start_with(
+        GatewayOptions::new()
+            .session_setting("inject_user_roles = true")
+            .routes(vec![
+                RouteSpec::required("/ops/", Upstream::Echo).with("allow = [\"role:ops\"]"),
+                RouteSpec::required("/", Upstream::Echo),
+            ]),
+    )
+    .await;
+    let user = gateway.signed_in_user().await;
+    assert_eq!(status_of(&gateway, "/ops/x", &user.token).await, 403);
+    role_change(&gateway, "set-role", &user.email, "ops");
+    // Forward-auth hands the proxy the roles to copy.
+    let verify = gateway.get("/auth/verify", Some(&user.token)).await;
+    assert_eq!(verify.status(), 200);
+    assert_eq!(header(&verify, "x-user-roles"), Some("ops"));
+    // The list changes with the file: now nobody has the role it names.
+    gateway.rewrite_config(|text| text.replace("role:ops", "role:auditors"));
+    gateway.wait_for_reloads("ok", 1).await;
+    assert_eq!(status_of(&gateway, "/ops/x", &user.token).await, 403);
+    gateway.rewrite_config(|text| text.replace("allow = [\"role:auditors\"]\n", ""));
+    gateway.wait_for_reloads("ok", 2).await;
+    assert_eq!(status_of(&gateway, "/ops/x", &user.token).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_password_is_as_long_as_the_policy_asks() {
+    let gateway = Gateway::start_with_edited(GatewayOptions::new(), |text| {
+        text.replace("[password]\n", "[password]\nmin_length = 32\n")
+    })
+    .await;
+    let email = unique_email();
+    let stdout = ok(&gateway, &["user", "add", "--email", &email]);
+    let generated = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("password: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(generated.len() >= 32, "{generated}");
+    let token = gateway.login(&email, &generated).await;
+    assert_eq!(status_of(&gateway, "/x", &token).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_answers_junk_with_an_error_and_keeps_serving() {
+    if !require_backend(
+        Backend::Embedded,
+        "the control socket is the embedded pair's",
+    ) {
+        return;
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start().await;
+    let user = gateway.signed_in_user().await;
+    let socket = gateway.sqlite_path().unwrap().with_extension("db.sock");
+    for junk in [
+        b"not json\n".to_vec(),
+        b"{\"op\":\"set_roles\",\"user_id\":\"00000000-0000-0000-0000-000000000000\",\"roles\":[\"a b\"]}\n".to_vec(),
+        vec![b'x'; 200_000],
+    ] {
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let _ = stream.write_all(&junk).await;
+        let mut reply = String::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(15), stream.read_to_string(&mut reply))
+                .await
+                .expect("an answer, not a hang");
+        match read {
+            Ok(_) => assert!(reply.contains("\"error\""), "{reply}"),
+            // Past its 64 KiB the gateway answers and closes while the rest is still being
+            // sent: the peer sees the close as a reset.
+            Err(error) if junk.len() > 65_536 => {
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}")
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    // A connection that sends nothing ties up nothing but itself.
+    let _idle = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let stdout = ok(&gateway, &["sessions", "revoke", "--email", &user.email]);
+    assert!(stdout.contains("1 session(s)"), "{stdout}");
+    assert_eq!(status_of(&gateway, "/x", &user.token).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_in_memory_sessions_finds_the_gateway_beside_its_config_file() {
+    if !require_backend(Backend::Production, "Postgres with in-process sessions") {
+        return;
+    }
+    let gateway = Gateway::start_with(GatewayOptions::new().redis_url("")).await;
+    let user = gateway.signed_in_user().await;
+    let socket = gateway.config_path.parent().unwrap().join("authgate.sock");
+    assert!(socket.exists(), "{socket:?}");
+    // From another working directory, with the same config file.
+    let elsewhere = TempDir::new();
+    let output = gateway_command()
+        .args(["user", "disable", "--email", &user.email, "--config"])
+        .arg(&gateway.config_path)
+        .current_dir(&elsewhere.path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(status_of(&gateway, "/x", &user.token).await, 401);
+
+    // No gateway answering: the commands on live sessions refuse before changing anything.
+    std::fs::remove_file(&socket).unwrap();
+    ok(&gateway, &["user", "enable", "--email", &user.email]);
+    let token = gateway.login(&user.email, &user.password).await;
+    let stderr = fails(&gateway, &["sessions", "revoke", "--email", &user.email]);
+    assert!(stderr.contains("no gateway answers"), "{stderr}");
+    let stderr = fails(&gateway, &["user", "disable", "--email", &user.email]);
+    assert!(stderr.contains("no gateway answers"), "{stderr}");
+    assert_eq!(status_of(&gateway, "/x", &token).await, 200);
+    let users = json_of(&ok(&gateway, &["user", "list", "--json"]));
+    assert_eq!(users[0]["is_active"], true, "nothing changed: {users}");
 }

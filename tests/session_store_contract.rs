@@ -343,6 +343,21 @@ async fn roles_are_rewritten_on_every_live_session(store: Arc<dyn SessionStore>)
     assert!(untouched.data.roles.is_empty());
     // A login that read the roles before the change cannot create its session after it.
     assert!(store.credential_epoch(user).await.unwrap() > epoch);
+    let (late_token, late) = session(user, Duration::from_secs(3600));
+    let refused = store
+        .create(
+            &late_token,
+            &late,
+            IDLE,
+            cap(5, OnLimit::EvictOldest),
+            epoch,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Created::CredentialsChanged),
+        "{refused:?}"
+    );
     assert_eq!(store.set_roles(user, &[]).await.unwrap(), 2);
     let live = store
         .touch(&a_token, now_ms(), IDLE)

@@ -47,6 +47,16 @@ impl AuthApi {
     ) -> Result<AuthResponse, ApiError> {
         // Read after the account was made: a revoke-all since then refuses the session.
         let epoch = self.sessions.credential_epoch(user.id).await?;
+        // An operator may have disabled the account already (`authgate user disable` moves
+        // the epoch after writing `is_active`, so this read, after the epoch's, sees it).
+        let disabled = self
+            .records
+            .credentials_by_email(&user.email)
+            .await?
+            .is_none_or(|now| now.user.id != user.id || !now.is_active);
+        if disabled {
+            return Err(ApiError::AccountDisabled);
+        }
         let (user, started) = self.open_session(request, user, epoch).await?;
         Ok(self.session_opened(&user, &started))
     }
