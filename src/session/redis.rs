@@ -209,16 +209,14 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {ended, missed}
 "#;
 
-/// KEYS[1] user index, KEYS[2] the user's credential epoch, KEYS[2+i] the snapshot's session
-/// keys; ARGV[1] session key prefix, ARGV[2] epoch ttl ms, ARGV[3] '1' to bump the epoch,
-/// ARGV[4] the invalidation channel, ARGV[5] the user id (published), ARGV[6] the roles
-/// (comma-separated), ARGV[6+i] the snapshot's session ids. Bumping the epoch means no login
+/// KEYS and ARGV as [`REVOKE_ALL_SCRIPT`]'s, with ARGV[2] the roles (comma-separated) in place
+/// of the session to keep. Bumping the epoch means no login
 /// that read the old roles can create its session any more. Returns {how many sessions it
 /// changed, [id, token hash] pairs of the index entries the snapshot did not have}.
 const SET_ROLES_SCRIPT: &str = r#"
-if ARGV[3] == '1' then
+if ARGV[4] == '1' then
   redis.call('INCR', KEYS[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 local changed = 0
 local declared = {}
@@ -226,7 +224,7 @@ for i = 3, #KEYS do
   local id = ARGV[4 + i]
   declared[id] = true
   if index_holds(id, KEYS[i], ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HSET', KEYS[i], 'roles', ARGV[6])
+    redis.call('HSET', KEYS[i], 'roles', ARGV[2])
     changed = changed + 1
   end
 end
@@ -238,7 +236,7 @@ for i = 1, #entries, 2 do
     table.insert(missed, entries[i + 1])
   end
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {changed, missed}
 "#;
 
@@ -507,28 +505,64 @@ impl RedisSessionStore {
         user_id: Uuid,
         keep: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut snapshot = self.snapshot(user_id).await?;
         let mut ended_ids = Vec::new();
+        self.sweep_user(
+            &self.scripts.revoke_all,
+            "revoke_all",
+            user_id,
+            optional(&keep),
+            |ended: Vec<String>| {
+                ended_ids.extend(ended.iter().filter_map(|id| id.parse::<Uuid>().ok()))
+            },
+        )
+        .await?;
+        Ok(ended_ids)
+    }
+
+    async fn set_roles_once(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        self.sweep_user(
+            &self.scripts.set_roles,
+            "set_roles",
+            user_id,
+            roles.join(","),
+            |count: usize| changed += count,
+        )
+        .await?;
+        Ok(changed)
+    }
+
+    /// Runs a script that visits every session of a user (revoke-all, set-roles) and moves the
+    /// user's credential epoch: the first call bumps the epoch and handles the snapshot; the
+    /// entries it reports missing were created before the bump and are handled by a second.
+    /// Anything created after the bump read the new epoch: a login that began after the
+    /// change, which stands. Each call's own result goes to `each`.
+    async fn sweep_user<R: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        operation: &'static str,
+        user_id: Uuid,
+        argument: String,
+        mut each: impl FnMut(R),
+    ) -> Result<(), StoreError> {
+        let mut snapshot = self.snapshot(user_id).await?;
         let mut connection = self.changes.get().await?;
-        // The first call bumps the epoch and ends the snapshot; entries it reports missing were
-        // created before the bump and are ended by the second. Anything created after the bump
-        // read the new epoch: a login that began after the revoke, which stands.
         for bump in [true, false] {
-            let mut invocation = self.scripts.revoke_all.key(self.user_index_key(user_id));
+            let mut invocation = script.key(self.user_index_key(user_id));
             invocation
                 .key(self.epoch_key(user_id))
                 .arg(self.session_prefix(SlotTag::of_user(user_id)))
-                .arg(optional(&keep))
+                .arg(&argument)
                 .arg(millis(self.epoch_ttl))
                 .arg(if bump { "1" } else { "0" })
                 .arg(&self.channel)
                 .arg(user_id.to_string());
             self.declare(&mut invocation, user_id, &snapshot);
-            let (ended, missed): (Vec<String>, Vec<String>) = self
+            let (result, missed): (R, Vec<String>) = self
                 .changes
-                .call("revoke_all", invocation.invoke_async(&mut connection))
+                .call(operation, invocation.invoke_async(&mut connection))
                 .await?;
-            ended_ids.extend(ended.iter().filter_map(|id| id.parse::<Uuid>().ok()));
+            each(result);
             snapshot = missed_entries(missed);
             if snapshot.is_empty() {
                 break;
@@ -537,41 +571,7 @@ impl RedisSessionStore {
         self.changes
             .replicate(&mut connection, &self.user_index_key(user_id))
             .await;
-        Ok(ended_ids)
-    }
-
-    /// Like [`Self::revoke_all_once`]: the first call bumps the epoch and changes the
-    /// snapshot's sessions, a second the entries made between the snapshot and the bump.
-    async fn set_roles_once(&self, user_id: Uuid, roles: &[String]) -> Result<usize, StoreError> {
-        let mut snapshot = self.snapshot(user_id).await?;
-        let mut changed = 0;
-        let mut connection = self.changes.get().await?;
-        let joined = roles.join(",");
-        for bump in [true, false] {
-            let mut invocation = self.scripts.set_roles.key(self.user_index_key(user_id));
-            invocation
-                .key(self.epoch_key(user_id))
-                .arg(self.session_prefix(SlotTag::of_user(user_id)))
-                .arg(millis(self.epoch_ttl))
-                .arg(if bump { "1" } else { "0" })
-                .arg(&self.channel)
-                .arg(user_id.to_string())
-                .arg(&joined);
-            self.declare(&mut invocation, user_id, &snapshot);
-            let (count, missed): (usize, Vec<String>) = self
-                .changes
-                .call("set_roles", invocation.invoke_async(&mut connection))
-                .await?;
-            changed += count;
-            snapshot = missed_entries(missed);
-            if snapshot.is_empty() {
-                break;
-            }
-        }
-        self.changes
-            .replicate(&mut connection, &self.user_index_key(user_id))
-            .await;
-        Ok(changed)
+        Ok(())
     }
 }
 
