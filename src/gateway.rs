@@ -394,6 +394,25 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Ends the least-connections lease when the upstream's answer is complete, before its
+    /// last bytes reach the client: the context (and with it the lease) is dropped only after
+    /// the response is written and logged, so a client's next request could otherwise be
+    /// balanced while this finished one still counted as in flight.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<Option<Duration>> {
+        if end_of_stream {
+            if let Some((_, lease)) = &mut ctx.upstream {
+                lease.end();
+            }
+        }
+        Ok(None)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,

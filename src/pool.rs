@@ -167,11 +167,19 @@ impl ConnectFailures {
 /// Counts a request as in flight on one upstream for as long as it lives (least connections).
 pub struct Lease(Option<Arc<AtomicUsize>>);
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(count) = &self.0 {
+impl Lease {
+    /// The upstream has answered in full: the request no longer counts as in flight there,
+    /// even though its last bytes may still be on their way to the client.
+    pub fn end(&mut self) {
+        if let Some(count) = self.0.take() {
             count.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -63,10 +63,10 @@ async fn least_connections_sends_new_requests_to_the_idle_upstream() {
     // answered; then the next one goes to the slow one).
     let mut parked = None;
     while parked.is_none() {
+        let before = fast.request_count();
         let gateway_in_task = gateway.clone();
         let request =
             tokio::spawn(async move { gateway_in_task.get("/held", None).await.status() });
-        let before = fast.request_count();
         eventually(
             Duration::from_secs(10),
             "the request reaches an upstream",
