@@ -126,6 +126,16 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The upstream has answered in full: the request stops counting as in flight there
+    /// (least connections) before its last bytes reach the client. The context, and with it
+    /// the lease, is dropped only after the response is written and logged, so a client's next
+    /// request could otherwise be balanced while this finished one still counted.
+    fn end_upstream_lease(&mut self) {
+        if let Some((_, lease)) = &mut self.upstream {
+            lease.end();
+        }
+    }
+
     /// What `consistent_hash` routes hash: the signed-in user, else the client IP.
     fn balance_key(&self) -> Vec<u8> {
         match (&self.identity, self.client_ip) {
@@ -383,21 +393,24 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         if let Some(started) = ctx.upstream_started {
             self.metrics
                 .upstream_latency(ctx.route_label(), started.elapsed());
         }
+        // No body callback follows an answer that has no body by definition: it is complete
+        // with its header.
+        if answer_has_no_body(session.req_header(), upstream_response) {
+            ctx.end_upstream_lease();
+        }
         Ok(())
     }
 
-    /// Ends the least-connections lease when the upstream's answer is complete, before its
-    /// last bytes reach the client: the context (and with it the lease) is dropped only after
-    /// the response is written and logged, so a client's next request could otherwise be
-    /// balanced while this finished one still counted as in flight.
+    /// Ends the least-connections lease at the end of the upstream's body (see
+    /// [`RequestContext::end_upstream_lease`]).
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -406,9 +419,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> pingora::Result<Option<Duration>> {
         if end_of_stream {
-            if let Some((_, lease)) = &mut ctx.upstream {
-                lease.end();
-            }
+            ctx.end_upstream_lease();
         }
         Ok(None)
     }
@@ -943,6 +954,17 @@ fn sign_in_location(request: &RequestHeader) -> String {
 }
 
 /// Milliseconds rounded to 0.1, for the logs.
+/// An upstream answer that has no body by definition (RFC 9112 §6.3): to a HEAD, a 204 or a
+/// 304, or one that declares `Content-Length: 0`.
+fn answer_has_no_body(request: &RequestHeader, answer: &ResponseHeader) -> bool {
+    request.method == http::Method::HEAD
+        || matches!(answer.status.as_u16(), 204 | 304)
+        || answer
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() == b"0")
+}
+
 fn rounded_ms(elapsed: Duration) -> f64 {
     (elapsed.as_secs_f64() * 10_000.0).round() / 10.0
 }

@@ -79,9 +79,11 @@ async fn least_connections_sends_new_requests_to_the_idle_upstream() {
             assert_eq!(request.await.unwrap(), 200);
         }
     }
-    // While it is held there, every new request goes to the idle upstream.
-    for _ in 0..6 {
-        assert_eq!(gateway.get("/next", None).await.status(), 200);
+    // While it is held there, every new request goes to the idle upstream, whether its answer
+    // has a body or not (a HEAD's answer ends with its header).
+    for method in ["GET", "HEAD", "GET", "HEAD", "HEAD", "GET"] {
+        let response = gateway.request(method, "/next", None, &[], None).await;
+        assert_eq!(response.status(), 200, "{method}");
     }
     assert_eq!(
         slow.request_count(),
