@@ -54,6 +54,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument as _;
 
+use crate::access_log::AccessLine;
 use crate::assertion::Assertions;
 use crate::auth::{ApiError, AuthApi, AuthRequest, MAX_BODY_BYTES};
 use crate::client_ip;
@@ -397,9 +398,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
-        if let Some(started) = ctx.upstream_started {
-            self.metrics
-                .upstream_latency(ctx.route_label(), started.elapsed());
+        if let (Some(started), Some(route)) = (ctx.upstream_started, &ctx.route) {
+            route
+                .series(&self.metrics)
+                .upstream_latency(started.elapsed());
         }
         // No body callback follows an answer that has no body by definition: it is complete
         // with its header.
@@ -495,21 +497,23 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map_or(0, |response| response.status.as_u16());
-        self.metrics.request(ctx.route_label(), status);
+        match &ctx.route {
+            Some(route) => route.series(&self.metrics).request(status),
+            None => self.metrics.request(ctx.unrouted_label, status),
+        }
         let request = session.req_header();
-        tracing::info!(
-            target: "authgate::access",
-            method = %request.method,
-            path = %request.uri.path(),
-            route = %ctx.route_label(),
+        AccessLine {
+            method: request.method.as_str(),
+            path: request.uri.path(),
+            route: ctx.route_label(),
             status,
-            request_id = %ctx.request_id,
-            user_id = ctx.identity.as_ref().map(|identity| identity.user_id.to_string()).unwrap_or_default(),
-            latency_ms = rounded_ms(ctx.started.elapsed()),
-            client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            error = error.map(|e| e.etype().as_str()).unwrap_or(""),
-            "request"
-        );
+            request_id: ctx.request_id.as_str(),
+            user_id: ctx.identity.as_ref().map(|identity| identity.user_id),
+            latency_tenths_ms: tenths_of_ms(ctx.started.elapsed()),
+            client_ip: ctx.client_ip,
+            error: error.map_or("", |e| e.etype().as_str()),
+        }
+        .write();
     }
 }
 
@@ -965,8 +969,9 @@ fn answer_has_no_body(request: &RequestHeader, answer: &ResponseHeader) -> bool 
             .is_some_and(|length| length.as_bytes() == b"0")
 }
 
-fn rounded_ms(elapsed: Duration) -> f64 {
-    (elapsed.as_secs_f64() * 10_000.0).round() / 10.0
+/// The access line's latency: tenths of a millisecond, rounded.
+fn tenths_of_ms(elapsed: Duration) -> u64 {
+    u64::try_from((elapsed.as_nanos() + 50_000) / 100_000).unwrap_or(u64::MAX)
 }
 
 fn oversized_headers(request: &RequestHeader) -> Option<&'static str> {

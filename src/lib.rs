@@ -1,6 +1,7 @@
 //! authgate as a library: the gateway's modules, so the `authgate` binary, the store contract
 //! tests and future tools share one implementation. `server::run` is the entry point.
 
+pub mod access_log;
 pub mod admin;
 pub mod allow;
 pub mod assertion;

@@ -17,7 +17,7 @@
 //! Each route owns a round-robin pool of upstreams with an active TCP health check.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
@@ -26,6 +26,7 @@ use crate::config::{AuthMode, RouteConfig};
 use crate::limits::ip_rate::{Exceeded, IpRateLimiter};
 use crate::path::NormalizedPath;
 use crate::pool::{Selected, UpstreamPool};
+use crate::telemetry::{Metrics, RouteSeries};
 
 pub struct Route {
     pub prefix: String,
@@ -44,6 +45,8 @@ pub struct Route {
     /// Per client IP on this route (on top of the global limiter).
     rate_limit: Option<IpRateLimiter>,
     pool: UpstreamPool,
+    /// Its metric series, resolved at its first request.
+    series: OnceLock<RouteSeries>,
 }
 
 /// Why a path is not forwarded.
@@ -101,7 +104,14 @@ impl Route {
             add_request_headers: config.add_request_headers.clone(),
             rate_limit: config.rate_limit.as_ref().map(IpRateLimiter::new),
             pool: UpstreamPool::build(config),
+            series: OnceLock::new(),
         }
+    }
+
+    /// This route's request counters and upstream latency histogram.
+    pub fn series(&self, metrics: &Metrics) -> &RouteSeries {
+        self.series
+            .get_or_init(|| metrics.route_series(&self.prefix))
     }
 
     /// The next upstream for a request, never one already `tried` (a failed connect). When

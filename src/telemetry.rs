@@ -25,13 +25,14 @@ use crate::config::{LogFormat, LogSection};
 /// address) are counted once, as outcomes of `authgate_logins_total` /
 /// `authgate_registrations_total`, not here.
 pub enum Decision {
-    Allowed,
-    Unauthenticated,
-    RateLimited,
-    Public,
-    StoreUnavailable,
+    // The values index `Metrics::decision_counters`.
+    Allowed = 0,
+    Unauthenticated = 1,
+    RateLimited = 2,
+    Public = 3,
+    StoreUnavailable = 4,
     /// Signed in, but not on the route's allow list (403).
-    Forbidden,
+    Forbidden = 5,
 }
 
 impl Decision {
@@ -162,7 +163,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     upstream_latency: HistogramVec,
-    decisions: IntCounterVec,
+    /// `authgate_auth_decisions_total`'s series, indexed by [`Decision`].
+    decision_counters: [IntCounter; 6],
     logins: IntCounterVec,
     lockouts: IntCounter,
     registrations: IntCounterVec,
@@ -190,6 +192,32 @@ pub struct Metrics {
     upstream_source: std::sync::OnceLock<std::sync::Arc<dyn UpstreamHealthSource>>,
     /// One scrape refreshes and reads `upstream_healthy` at a time.
     upstream_refresh: std::sync::Mutex<()>,
+}
+
+/// `authgate_requests_total`'s `status` labels, in [`status_class`] order.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn status_class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+/// One route's request counters (by status class) and upstream latency histogram.
+pub struct RouteSeries {
+    requests: [IntCounter; 6],
+    upstream_latency: prometheus::Histogram,
+}
+
+impl RouteSeries {
+    pub fn request(&self, status: u16) {
+        self.requests[status_class(status)].inc();
+    }
+
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        self.upstream_latency.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// Reports every route's upstreams as `(route prefix, upstream address, healthy)`.
@@ -446,7 +474,15 @@ impl Metrics {
             registry,
             requests,
             upstream_latency,
-            decisions,
+            decision_counters: [
+                Decision::Allowed,
+                Decision::Unauthenticated,
+                Decision::RateLimited,
+                Decision::Public,
+                Decision::StoreUnavailable,
+                Decision::Forbidden,
+            ]
+            .map(|decision| decisions.with_label_values(&[decision.label()])),
             logins,
             lockouts,
             registrations,
@@ -509,26 +545,25 @@ impl Metrics {
         }
     }
 
+    /// A request that matched no route (`/auth` or `none`); a route's requests are counted
+    /// through its [`RouteSeries`].
     pub fn request(&self, route: &str, status: u16) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
-        self.requests.with_label_values(&[route, class]).inc();
+        self.requests
+            .with_label_values(&[route, STATUS_CLASSES[status_class(status)]])
+            .inc();
     }
 
-    pub fn upstream_latency(&self, route: &str, elapsed: Duration) {
-        self.upstream_latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+    /// The series of one route, resolved once (the route keeps them), so that counting a
+    /// proxied request does not look its labels up again.
+    pub fn route_series(&self, route: &str) -> RouteSeries {
+        RouteSeries {
+            requests: STATUS_CLASSES.map(|class| self.requests.with_label_values(&[route, class])),
+            upstream_latency: self.upstream_latency.with_label_values(&[route]),
+        }
     }
 
     pub fn decision(&self, decision: Decision) {
-        self.decisions.with_label_values(&[decision.label()]).inc();
+        self.decision_counters[decision as usize].inc();
     }
 
     /// `outcome`: one of [`LOGIN_OUTCOMES`].
@@ -707,6 +742,7 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
     let set: SetFilter;
     let installed = match config.format {
         LogFormat::Json => {
+            crate::access_log::set_format(LogFormat::Json, buffer_lines);
             let builder = builder
                 .json()
                 .flatten_event(true)
@@ -718,9 +754,11 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
             tracing::subscriber::set_global_default(builder.finish())
         }
         LogFormat::Text => {
-            let builder = builder
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter_reloading();
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            if !ansi {
+                crate::access_log::set_format(LogFormat::Text, buffer_lines);
+            }
+            let builder = builder.with_ansi(ansi).with_filter_reloading();
             let handle = builder.reload_handle();
             set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
             tracing::subscriber::set_global_default(builder.finish())
@@ -734,7 +772,7 @@ pub fn init_logging(config: &LogSection) -> LogLevel {
         };
     }
     if log::set_boxed_logger(Box::new(LibraryLogs)).is_ok() {
-        log::set_max_level(log::LevelFilter::Trace);
+        follow_level_in_log_crate();
     }
     LogLevel {
         set: Some(set),
@@ -771,8 +809,8 @@ fn log_writer() -> BufferedStderr {
     BufferedStderr { now: true }
 }
 
-/// The access log's target (gateway.rs): the only lines that are batched.
-const ACCESS_TARGET: &str = "authgate::access";
+/// The access log's target: the only lines that are batched.
+const ACCESS_TARGET: &str = crate::access_log::TARGET;
 /// How often buffered access lines are written out.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// Past this many buffered bytes, a line waits for the buffer to be written out first.
@@ -805,16 +843,20 @@ struct BufferedStderr {
     now: bool,
 }
 
+/// Appends whole lines to the buffer that the log thread writes out (waiting while it is full).
+fn buffer_lines(bytes: &[u8]) {
+    let mut lines = LOG_LINES.lock().unwrap_or_else(PoisonError::into_inner);
+    while lines.len() >= LOG_BUFFER_MAX {
+        lines = LOG_WRITTEN
+            .wait(lines)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    lines.extend_from_slice(bytes);
+}
+
 impl std::io::Write for BufferedStderr {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut lines = LOG_LINES.lock().unwrap_or_else(PoisonError::into_inner);
-        while lines.len() >= LOG_BUFFER_MAX {
-            lines = LOG_WRITTEN
-                .wait(lines)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        lines.extend_from_slice(bytes);
-        drop(lines);
+        buffer_lines(bytes);
         if self.now {
             write_out_logs();
         }
@@ -859,8 +901,18 @@ impl LogLevel {
         }
         let set = self.set.as_ref().ok_or("no logger of ours is installed")?;
         let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid filter: {e}"))?;
-        set(filter)
+        set(filter)?;
+        follow_level_in_log_crate();
+        Ok(())
     }
+}
+
+/// The `log` crate's macros (pingora's `debug!` and `trace!` on every request) skip a record
+/// above its max level before building it: keep that at the most verbose level tracing lets
+/// through now.
+fn follow_level_in_log_crate() {
+    let level = tracing::level_filters::LevelFilter::current();
+    log::set_max_level(tracing_log::AsLog::as_log(&level));
 }
 
 /// Forwards `log` records to tracing (like `tracing_log::LogTracer`), with the messages of
