@@ -917,23 +917,23 @@ fn forwarding_headers(
         .headers
         .get("x-forwarded-proto")
         .and_then(|value| value.to_str().ok())
-        .map(|value| value.trim().to_ascii_lowercase())
-        .filter(|proto| proto == "http" || proto == "https");
+        .map(str::trim);
     let proto = match reported_proto {
-        Some(proto) if via_trusted_proxy => proto,
-        _ => "http".to_string(),
+        Some(proto) if via_trusted_proxy && proto.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
     };
     if !via_trusted_proxy {
         request.remove_header("x-forwarded-host");
     }
-    let for_value = match client_ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let ip = client_ip.to_string();
+    request.insert_header("x-forwarded-for", ip.as_str())?;
+    request.insert_header("x-real-ip", ip.as_str())?;
+    request.insert_header("x-forwarded-proto", proto)?;
+    let forwarded = match client_ip {
+        IpAddr::V4(_) => format!("for={ip};proto={proto}"),
+        IpAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
     };
-    request.insert_header("x-forwarded-for", client_ip.to_string())?;
-    request.insert_header("x-real-ip", client_ip.to_string())?;
-    request.insert_header("x-forwarded-proto", proto.as_str())?;
-    request.insert_header("forwarded", format!("for={for_value};proto={proto}"))?;
+    request.insert_header("forwarded", forwarded)?;
     Ok(())
 }
 

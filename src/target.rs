@@ -142,17 +142,28 @@ impl RequestTarget {
     /// [`RequestTarget::apply`], with `path` (a route's rewrite of the normalised path, e.g.
     /// without its prefix) in place of the path.
     pub fn apply_with_path(&self, request: &mut RequestHeader, path: &str) -> pingora::Result<()> {
-        let path_and_query = match &self.query {
-            Some(query) => format!("{path}?{query}"),
-            None => path.to_string(),
-        };
-        let uri = Uri::builder()
-            .path_and_query(path_and_query)
-            .build()
-            .or_err(InvalidHTTPHeader, "cannot rebuild the request target")?;
-        request.set_uri(uri);
+        // Most requests already say exactly this: then rebuilding would change nothing.
+        if !self.is_target_of(request, path) {
+            let path_and_query = match &self.query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_string(),
+            };
+            let uri = Uri::builder()
+                .path_and_query(path_and_query)
+                .build()
+                .or_err(InvalidHTTPHeader, "cannot rebuild the request target")?;
+            request.set_uri(uri);
+        }
         if let Some(host) = &self.host {
-            request.insert_header(http::header::HOST, host.header_value())?;
+            let value = host.header_value();
+            let mut sent = request.headers.get_all(http::header::HOST).iter();
+            let same = sent
+                .next()
+                .is_some_and(|sent| sent.as_bytes() == value.as_bytes())
+                && sent.next().is_none();
+            if !same {
+                request.insert_header(http::header::HOST, value)?;
+            }
         }
         if let (Some(length), true) = (
             self.content_length,
@@ -162,6 +173,28 @@ impl RequestTarget {
             request.insert_header(http::header::CONTENT_LENGTH, length.to_string())?;
         }
         Ok(())
+    }
+}
+
+impl RequestTarget {
+    /// Whether `request`'s target is already `path` with this query, in origin form, both as
+    /// the `Uri` the hooks read and as the bytes sent upstream.
+    fn is_target_of(&self, request: &RequestHeader, path: &str) -> bool {
+        let uri = &request.uri;
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return false;
+        }
+        if uri.path() != path || uri.query() != self.query.as_deref() {
+            return false;
+        }
+        let sent = request.raw_path();
+        let Some(rest) = sent.strip_prefix(path.as_bytes()) else {
+            return false;
+        };
+        match &self.query {
+            None => rest.is_empty(),
+            Some(query) => rest.first() == Some(&b'?') && &rest[1..] == query.as_bytes(),
+        }
     }
 }
 
@@ -353,6 +386,63 @@ mod tests {
         target.apply(&mut upstream).unwrap();
         assert_eq!(upstream.raw_path(), b"/app/x?b=1&c=%2F");
         assert_eq!(upstream.headers["host"], "app.example.com:8080");
+    }
+
+    /// A request already in its forwarded form is left as it is; any other is rebuilt. Either
+    /// way the upstream gets the same bytes and the hooks read the same `Uri` as from a
+    /// rebuild.
+    #[test]
+    fn applying_gives_what_a_rebuild_gives() {
+        let cases: [(&[u8], &[&str], Option<&str>); 12] = [
+            (b"/app/x", &["example.com"], None),
+            (b"/app/x?a=1&b", &["example.com"], None),
+            (b"/app/x?", &["example.com"], None),
+            (b"/app/x", &["Example.com"], None),
+            (b"/app/x", &["example.com.:80"], None),
+            (b"/app//x", &["example.com"], None),
+            (b"/%61pp/x", &["example.com"], None),
+            (b"http://example.com/app/x?q", &["example.com"], None),
+            (b"/app/x?a=%20&b=/c", &["example.com"], None),
+            (b"/app/x?q=1", &["example.com"], Some("/x")),
+            (b"/app/", &["example.com"], Some("/")),
+            (b"/x", &["[::1]:8080"], None),
+        ];
+        for (raw, hosts, rewritten) in cases {
+            let name = String::from_utf8_lossy(raw);
+            let target = read(raw, hosts).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let path = rewritten.unwrap_or(target.path.as_str()).to_string();
+            let mut applied = request(raw, hosts);
+            target.apply_with_path(&mut applied, &path).unwrap();
+            // What the slow path makes: the target rebuilt, one Host header set.
+            let mut rebuilt = request(raw, hosts);
+            let path_and_query = match &target.query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            rebuilt.set_uri(
+                Uri::builder()
+                    .path_and_query(path_and_query)
+                    .build()
+                    .unwrap(),
+            );
+            if let Some(host) = &target.host {
+                rebuilt
+                    .insert_header(http::header::HOST, host.header_value())
+                    .unwrap();
+            }
+            assert_eq!(applied.raw_path(), rebuilt.raw_path(), "{name}");
+            assert_eq!(applied.uri, rebuilt.uri, "{name}");
+            assert_eq!(applied.uri.scheme(), None, "{name}");
+            let hosts_of = |request: &RequestHeader| -> Vec<Vec<u8>> {
+                request
+                    .headers
+                    .get_all(http::header::HOST)
+                    .iter()
+                    .map(|value| value.as_bytes().to_vec())
+                    .collect()
+            };
+            assert_eq!(hosts_of(&applied), hosts_of(&rebuilt), "{name}");
+        }
     }
 
     #[test]
