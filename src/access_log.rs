@@ -302,19 +302,21 @@ mod tests {
 
     use super::*;
 
+    #[derive(Clone)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// What tracing-subscriber writes for the same event, configured as `telemetry` does.
     fn through_tracing(line: &AccessLine<'_>, format: LogFormat) -> String {
-        #[derive(Clone)]
-        struct Capture(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Capture {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let captured = Arc::new(Mutex::new(Vec::new()));
         let writer = Capture(captured.clone());
         let builder = tracing_subscriber::fmt().with_writer(move || writer.clone());
@@ -406,6 +408,27 @@ mod tests {
                     "{format:?}:\n here:    {actual}\n tracing: {expected}"
                 );
             }
+        }
+    }
+
+    /// `log.level` still decides: `authgate::access=off` (or `warn`) silences the line.
+    #[test]
+    fn the_level_filter_decides_whether_a_line_is_written() {
+        for (filter, written) in [
+            ("info", true),
+            ("info,authgate::access=off", false),
+            ("warn", false),
+            ("warn,authgate::access=info", true),
+        ] {
+            let captured = Arc::new(Mutex::new(Vec::new()));
+            let sink = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_ansi(false)
+                .with_writer(move || Capture(sink.clone()))
+                .finish();
+            tracing::subscriber::with_default(subscriber, || lines()[0].write());
+            assert_eq!(!captured.lock().unwrap().is_empty(), written, "{filter}");
         }
     }
 
