@@ -366,8 +366,10 @@ fn a_zero_budget_is_refused_at_start_up() {
 // bcrypt priority
 // ---------------------------------------------------------------------------------------------
 
-/// Concurrent registration loops: enough to keep the bcrypt queue longer than its timeout.
-const WORKERS: usize = 40;
+/// Concurrent registration loops: enough to keep the bcrypt queue longer than its timeout,
+/// on a fast machine too (on a 2-core machine where a cost-10 hash takes ~145 ms, 40 loops
+/// queued a registration for 5.9 s, just under the timeout, and none timed out).
+const WORKERS: usize = 100;
 /// `password.hash_queue_timeout` in these tests.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(6);
 
