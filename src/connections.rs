@@ -22,6 +22,7 @@
 //! would collide with the head handed over here (the TCP listener is plain HTTP/1).
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -434,9 +435,11 @@ enum HeadStatus {
 
 /// Whether `buf` holds a whole request head, judged as pingora will judge it.
 fn head_status(buf: &[u8]) -> HeadStatus {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(buf) {
+    // Left uninitialised: filling 256 empty headers (8 KiB) on every request head cost more
+    // than the parse itself.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(_)) => HeadStatus::Complete,
         Ok(httparse::Status::Partial) => HeadStatus::Partial,
         // pingora percent-escapes a request line whose target has bytes httparse refuses
