@@ -106,13 +106,21 @@ pub fn base_name(name: &str) -> &str {
 /// `__Host-`/`__Secure-` prefix, in any case, percent-decoded, and with `.` and spaces read as
 /// `_` (PHP turns `authgate.session` and `authgate%5Fsession` into `authgate_session`).
 fn is_variant_of(name: &str, bases: &[&str]) -> bool {
-    let decoded = percent_encoding::percent_decode_str(name.trim()).decode_utf8_lossy();
+    let is_base = |name: &str| {
+        let name = base_name(name);
+        bases.iter().any(|base| name.eq_ignore_ascii_case(base))
+    };
+    let name = name.trim();
+    if !name.contains(['%', '.', ' ']) {
+        // Nothing to decode or fold (the usual name): no copy.
+        return is_base(name);
+    }
+    let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
     let folded: String = decoded
         .chars()
         .map(|c| if c == '.' || c == ' ' { '_' } else { c })
         .collect();
-    let name = base_name(&folded);
-    bases.iter().any(|base| name.eq_ignore_ascii_case(base))
+    is_base(&folded)
 }
 
 /// A piece parsed by the `cookie` crate, when it is text the crate accepts.
@@ -213,8 +221,19 @@ mod tests {
                 .unwrap(),
         );
         headers.append("cookie", "b=2; odd".parse().unwrap());
+        // Spellings a reader decodes or folds into ours (PHP), next to look-alikes that differ.
+        headers.append(
+            "cookie",
+            "authgate.session=p; authgate%5Fsession=q; authgate session=r; \
+             __host-authgate%2esession=s; authgate%5Fsessions=t; authgate-session=u"
+                .parse()
+                .unwrap(),
+        );
         let bases = ["authgate_session", "authgate_csrf"];
-        assert_eq!(without(&headers, &bases).unwrap(), "a=1; b=2; odd");
+        assert_eq!(
+            without(&headers, &bases).unwrap(),
+            "a=1; b=2; odd; authgate%5Fsessions=t; authgate-session=u"
+        );
         let mut only = HeaderMap::new();
         only.append("cookie", "authgate_session=abc".parse().unwrap());
         assert_eq!(without(&only, &bases), None);
