@@ -66,7 +66,7 @@ use crate::pool::Lease;
 use crate::request_id::{self, RequestId};
 use crate::respond::Responder;
 use crate::routes::{Refusal, Route, RouteTable};
-use crate::session::{cookie, Lookup, SessionData, Sessions};
+use crate::session::{cookie, LiveSession, Lookup, SessionData, SessionToken, Sessions, Step};
 use crate::target::RequestTarget;
 use crate::telemetry::{Decision, Metrics};
 
@@ -244,10 +244,7 @@ impl ProxyHttp for Gateway {
 
         if target.path.as_str() == VERIFY_PATH {
             ctx.unrouted_label = "/auth";
-            let span = ctx.span();
-            self.verify(session, ctx, client_ip)
-                .instrument(span)
-                .await?;
+            self.verify(session, ctx, client_ip).await?;
             return Ok(true);
         }
 
@@ -284,12 +281,7 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             AuthMode::Required => {
-                let span = ctx.span();
-                if self
-                    .authorize(session, ctx, client_ip)
-                    .instrument(span)
-                    .await?
-                {
+                if self.authorize(session, ctx, client_ip).await? {
                     return Ok(true);
                 }
                 self.sign_assertion(session, ctx).await
@@ -305,7 +297,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else {
             return Err(Error::explain(ErrorType::HTTPStatus(503), "no route"));
         };
-        let Some(selected) = route.select_upstream(&ctx.balance_key(), &ctx.tried) else {
+        let Some(selected) = route.select_upstream(|| ctx.balance_key(), &ctx.tried) else {
             return Err(if ctx.tried.is_empty() {
                 Error::explain(ErrorType::HTTPStatus(503), "no upstream")
             } else {
@@ -593,13 +585,15 @@ impl Gateway {
         let sign_in = |request: &RequestHeader| {
             is_browser_navigation(request).then(|| sign_in_location(request))
         };
-        let Some((identity, cookie)) = self.check_session(session, client_ip, sign_in).await?
+        let Some((identity, cookie)) = self.check_session(session, ctx, client_ip, sign_in).await?
         else {
             return Ok(true);
         };
         let allow = ctx.route.as_ref().and_then(|route| route.allow.as_ref());
         if allow.is_some_and(|allow| !allow.permits(&identity.email, &identity.roles)) {
-            self.refuse_not_allowed(session, &identity, cookie).await?;
+            self.refuse_not_allowed(session, &identity, cookie)
+                .instrument(ctx.span())
+                .await?;
             ctx.identity = Some(identity);
             return Ok(true);
         }
@@ -649,7 +643,7 @@ impl Gateway {
         client_ip: IpAddr,
     ) -> pingora::Result<()> {
         let sign_in = |request: &RequestHeader| self.forwarded_sign_in_location(request);
-        let Some((identity, cookie)) = self.check_session(session, client_ip, sign_in).await?
+        let Some((identity, cookie)) = self.check_session(session, ctx, client_ip, sign_in).await?
         else {
             return Ok(());
         };
@@ -666,25 +660,56 @@ impl Gateway {
     /// the browser's cookie expiry needs moving, the refreshed `Set-Cookie`. Otherwise the
     /// refusal is written here (`None`): 401, or a 302 to `sign_in`'s location when it gives
     /// one, or 503 when the session store is down.
+    ///
+    /// A live session the local cache answers (the common case) is settled without the
+    /// `request` span: nothing is logged on that path, and making the span was about 2 % of a
+    /// protected request. The store round trip and every refusal run in the span, so their log
+    /// lines name the request.
     async fn check_session(
         &self,
         session: &mut Session,
+        ctx: &mut RequestContext,
         client_ip: IpAddr,
         sign_in: impl FnOnce(&RequestHeader) -> Option<String>,
     ) -> pingora::Result<Option<(SessionData, Option<String>)>> {
-        match self
+        let step = self
             .sessions
-            .lookup(&session.req_header().headers, client_ip)
-            .await
+            .lookup_local(&session.req_header().headers, client_ip);
+        if let Step::Answered(Lookup::Valid {
+            token,
+            session: live,
+            refresh_cookie,
+        }) = step
         {
+            return Ok(Some(self.accepted(&token, live, refresh_cookie)));
+        }
+        self.settle_session(session, client_ip, step, sign_in)
+            .instrument(ctx.span())
+            .await
+    }
+
+    /// [`Gateway::check_session`] beyond the local cache: the store's answer, or the refusal.
+    async fn settle_session(
+        &self,
+        session: &mut Session,
+        client_ip: IpAddr,
+        step: Step,
+        sign_in: impl FnOnce(&RequestHeader) -> Option<String>,
+    ) -> pingora::Result<Option<(SessionData, Option<String>)>> {
+        let lookup = match step {
+            Step::Answered(lookup) => Ok(lookup),
+            Step::AskStore(pending) => {
+                self.sessions
+                    .lookup_stored(pending, &session.req_header().headers, client_ip)
+                    .await
+            }
+        };
+        match lookup {
             Ok(Lookup::Valid {
                 token,
                 session: live,
                 refresh_cookie,
-            }) => {
-                let cookie = refresh_cookie.then(|| self.sessions.refresh_cookie(&token, &live));
-                Ok(Some((live.data, cookie)))
-            }
+            }) => Ok(Some(self.accepted(&token, live, refresh_cookie))),
             Ok(lookup) => {
                 let location = sign_in(session.req_header());
                 self.refuse_unauthenticated(session, &lookup, location)
@@ -696,6 +721,18 @@ impl Gateway {
                 Ok(None)
             }
         }
+    }
+
+    /// A live session's identity, and its refreshed cookie when the browser's expiry needs
+    /// moving.
+    fn accepted(
+        &self,
+        token: &SessionToken,
+        live: LiveSession,
+        refresh_cookie: bool,
+    ) -> (SessionData, Option<String>) {
+        let cookie = refresh_cookie.then(|| self.sessions.refresh_cookie(token, &live));
+        (live.data, cookie)
     }
 
     /// The identity headers the gateway vouches for: `X-User-Id`, and `X-User-Email` /

@@ -322,9 +322,9 @@ impl UpstreamPool {
             .collect()
     }
 
-    /// The next upstream for a request, never one in `tried`. `key` is the consistent-hash key
-    /// (ignored by the other algorithms).
-    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selected> {
+    /// The next upstream for a request, never one in `tried`. `key` gives the consistent-hash
+    /// key (only asked for by that algorithm).
+    pub fn select(&self, key: impl FnOnce() -> Vec<u8>, tried: &[SocketAddr]) -> Option<Selected> {
         let untried = |backend: &Backend| {
             backend
                 .addr
@@ -339,13 +339,10 @@ impl UpstreamPool {
                     .as_inet()
                     .is_some_and(|addr| !self.failures.is_down(addr))
         };
-        let backend = match &self.balancer {
-            Balancer::LeastConnections(lb) => self
-                .least_loaded(lb, &fit)
-                .or_else(|| self.least_loaded(lb, &|backend, _| untried(backend))),
-            balancer => balancer
-                .select_with(key, fit)
-                .or_else(|| balancer.select_with(key, |backend, _| untried(backend))),
+        let backend = match self.only_backend() {
+            // One upstream: no balancing to do (the balancer would pick it all the same).
+            Some((only, healthy)) => (fit(&only, healthy) || untried(&only)).then_some(only),
+            None => self.balanced(key, &fit, &untried),
         }?;
         let upstream = *backend.addr.as_inet()?;
         Some(Selected {
@@ -353,6 +350,40 @@ impl UpstreamPool {
             upstream,
             lease: self.lease(upstream),
         })
+    }
+
+    /// The pool's upstream and whether it is ready, when it has exactly one.
+    fn only_backend(&self) -> Option<(Backend, bool)> {
+        let backends = self.balancer.backends();
+        let all = backends.get_backend();
+        match all.len() {
+            1 => all
+                .iter()
+                .next()
+                .map(|only| (only.clone(), backends.ready(only))),
+            _ => None,
+        }
+    }
+
+    /// The balancer's choice among several upstreams: a fit one, else any untried one.
+    fn balanced(
+        &self,
+        key: impl FnOnce() -> Vec<u8>,
+        fit: &dyn Fn(&Backend, bool) -> bool,
+        untried: &dyn Fn(&Backend) -> bool,
+    ) -> Option<Backend> {
+        let key = match &self.balancer {
+            Balancer::ConsistentHash(_) => key(),
+            Balancer::RoundRobin(_) | Balancer::LeastConnections(_) => Vec::new(),
+        };
+        match &self.balancer {
+            Balancer::LeastConnections(lb) => self
+                .least_loaded(lb, &fit)
+                .or_else(|| self.least_loaded(lb, &|backend, _| untried(backend))),
+            balancer => balancer
+                .select_with(&key, fit)
+                .or_else(|| balancer.select_with(&key, |backend, _| untried(backend))),
+        }
     }
 
     /// Least connections: the accepted upstream with the fewest requests in flight, ties

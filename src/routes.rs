@@ -117,8 +117,12 @@ impl Route {
     /// The next upstream for a request, never one already `tried` (a failed connect). When
     /// every upstream is marked down, one is tried anyway: a stale health mark must not take a
     /// route offline, and a real failure still ends as a 502. `None` once every upstream was
-    /// tried. `key` picks the upstream on `consistent_hash` routes.
-    pub fn select_upstream(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selected> {
+    /// tried. `key` gives what picks the upstream on `consistent_hash` routes.
+    pub fn select_upstream(
+        &self,
+        key: impl FnOnce() -> Vec<u8>,
+        tried: &[SocketAddr],
+    ) -> Option<Selected> {
         self.pool.select(key, tried)
     }
 

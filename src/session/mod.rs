@@ -264,6 +264,36 @@ pub enum Lookup {
     },
 }
 
+/// The first part of a session check ([`Sessions::lookup_local`]): settled without I/O, or
+/// waiting for the store.
+pub enum Step {
+    Answered(Lookup),
+    /// Finish with [`Sessions::lookup_stored`].
+    AskStore(Pending),
+}
+
+/// What a session check still has to ask the store.
+pub struct Pending(PendingStep);
+
+enum PendingStep {
+    /// Validate and slide the session in the store (the cache did not answer).
+    Touch {
+        token: SessionToken,
+        key: SessionKey,
+        ticket: Option<cache::Ticket>,
+        now_ms: i64,
+    },
+    /// End a session bound to another user agent (`bind_session_to_user_agent`).
+    End(UserAgentChange),
+}
+
+/// A session bound to a user agent (`bind_session_to_user_agent`) came from another one.
+struct UserAgentChange {
+    session: LiveSession,
+    /// The new user agent (truncated as stored).
+    user_agent: String,
+}
+
 /// Who is logging in, from where: what a new session records.
 pub struct Login {
     pub user_id: Uuid,
@@ -350,22 +380,33 @@ impl Sessions {
     }
 
     /// Reads the cookie and validates + slides the session (one store round trip; none for a
-    /// missing or malformed cookie). A valid session's use is noted for the write-behind
-    /// activity flush, and a change of IP or user agent since login is audited, or, with
-    /// `bind_session_to_user_agent`, a user-agent change ends the session.
+    /// missing or malformed cookie, or a session the local cache answers). A valid session's
+    /// use is noted for the write-behind activity flush, and a change of IP or user agent since
+    /// login is audited, or, with `bind_session_to_user_agent`, a user-agent change ends the
+    /// session. ([`Sessions::lookup_local`] then [`Sessions::lookup_stored`].)
     pub async fn lookup(
         &self,
         headers: &http::HeaderMap,
         client_ip: IpAddr,
     ) -> Result<Lookup, StoreError> {
+        match self.lookup_local(headers, client_ip) {
+            Step::Answered(lookup) => Ok(lookup),
+            Step::AskStore(pending) => self.lookup_stored(pending, headers, client_ip).await,
+        }
+    }
+
+    /// The part of [`Sessions::lookup`] that needs no I/O (and logs nothing): a missing or
+    /// malformed cookie, or a session the local cache answers, is settled here; anything else
+    /// goes on to [`Sessions::lookup_stored`].
+    pub fn lookup_local(&self, headers: &http::HeaderMap, client_ip: IpAddr) -> Step {
         let value = match cookie::find(headers, &self.config.cookie_name) {
-            cookie::Found::Missing => return Ok(Lookup::Missing),
+            cookie::Found::Missing => return Step::Answered(Lookup::Missing),
             // Two session cookies: which one the user meant is unknowable, so neither counts.
-            cookie::Found::Several => return Ok(Lookup::Invalid),
+            cookie::Found::Several => return Step::Answered(Lookup::Invalid),
             cookie::Found::One(value) => value,
         };
         let Some(token) = SessionToken::parse(&value) else {
-            return Ok(Lookup::Invalid);
+            return Step::Answered(Lookup::Invalid);
         };
         let now_ms = chrono::Utc::now().timestamp_millis();
         let key = token.key();
@@ -375,12 +416,41 @@ impl Sessions {
                 refresh_cookie,
             }) => {
                 self.metrics.session_cache_hit();
-                return self
-                    .valid(headers, client_ip, token, session, refresh_cookie)
-                    .await;
+                return match self.valid(headers, client_ip, token, session, refresh_cookie) {
+                    Ok(lookup) => Step::Answered(lookup),
+                    Err(change) => Step::AskStore(Pending(PendingStep::End(change))),
+                };
             }
             Some(Cached::Miss(ticket)) => Some(ticket),
             None => None,
+        };
+        Step::AskStore(Pending(PendingStep::Touch {
+            token,
+            key,
+            ticket,
+            now_ms,
+        }))
+    }
+
+    /// The rest of [`Sessions::lookup`]: the store round trip that [`Sessions::lookup_local`]
+    /// could not settle without.
+    pub async fn lookup_stored(
+        &self,
+        Pending(pending): Pending,
+        headers: &http::HeaderMap,
+        client_ip: IpAddr,
+    ) -> Result<Lookup, StoreError> {
+        let (token, key, ticket, now_ms) = match pending {
+            PendingStep::End(change) => {
+                self.end_for_user_agent(change, client_ip).await?;
+                return Ok(Lookup::Invalid);
+            }
+            PendingStep::Touch {
+                token,
+                key,
+                ticket,
+                now_ms,
+            } => (token, key, ticket, now_ms),
         };
         let Some(session) = self
             .store
@@ -392,30 +462,41 @@ impl Sessions {
         if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
             cache.insert(ticket, &key, &session, now_ms);
         }
-        self.valid(headers, client_ip, token, session, true).await
+        match self.valid(headers, client_ip, token, session, true) {
+            Ok(lookup) => Ok(lookup),
+            Err(change) => {
+                self.end_for_user_agent(change, client_ip).await?;
+                Ok(Lookup::Invalid)
+            }
+        }
     }
 
-    /// A session the store (or the cache) found live, once its use is noted.
-    async fn valid(
+    /// A session the store (or the cache) found live, once its use is noted; or, when the
+    /// session is bound to a user agent it no longer comes from, that change (to end it).
+    fn valid(
         &self,
         headers: &http::HeaderMap,
         client_ip: IpAddr,
         token: SessionToken,
         session: LiveSession,
         refresh_cookie: bool,
-    ) -> Result<Lookup, StoreError> {
+    ) -> Result<Lookup, UserAgentChange> {
         let user_agent = headers
             .get(http::header::USER_AGENT)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
-        if self.watch(&session.data, client_ip, user_agent).await? {
+        let user_agent = truncate_user_agent(user_agent);
+        if self.watch(&session.data, client_ip, user_agent) {
             Ok(Lookup::Valid {
                 token,
                 session,
                 refresh_cookie,
             })
         } else {
-            Ok(Lookup::Invalid)
+            Err(UserAgentChange {
+                session,
+                user_agent: user_agent.to_string(),
+            })
         }
     }
 
@@ -427,21 +508,13 @@ impl Sessions {
         }
     }
 
-    /// Notes a session's use; returns false if the session had to be ended.
-    async fn watch(
-        &self,
-        session: &SessionData,
-        client_ip: IpAddr,
-        user_agent: &str,
-    ) -> Result<bool, StoreError> {
+    /// Notes a session's use (and audits a change of IP or user agent); false if the session
+    /// must end: it is bound to a user agent it no longer comes from.
+    fn watch(&self, session: &SessionData, client_ip: IpAddr, user_agent: &str) -> bool {
         self.activity.touched(session);
-        let user_agent = truncate_user_agent(user_agent);
         if user_agent != session.user_agent {
             if self.config.bind_session_to_user_agent {
-                self.end(session, EndReason::UserAgentChanged).await?;
-                self.metrics.session_anomaly("ua_changed");
-                self.audit_anomaly(session, AuditKind::Revoke, client_ip, user_agent);
-                return Ok(false);
+                return false;
             }
             if self.activity.first_report(session.id, "ua", user_agent) {
                 self.metrics.session_anomaly("ua_changed");
@@ -456,7 +529,20 @@ impl Sessions {
             self.metrics.session_anomaly("ip_changed");
             self.audit_anomaly(session, AuditKind::SessionIpChanged, client_ip, user_agent);
         }
-        Ok(true)
+        true
+    }
+
+    /// `bind_session_to_user_agent`: the session came from another user agent, so it ends.
+    async fn end_for_user_agent(
+        &self,
+        change: UserAgentChange,
+        client_ip: IpAddr,
+    ) -> Result<(), StoreError> {
+        let session = &change.session.data;
+        self.end(session, EndReason::UserAgentChanged).await?;
+        self.metrics.session_anomaly("ua_changed");
+        self.audit_anomaly(session, AuditKind::Revoke, client_ip, &change.user_agent);
+        Ok(())
     }
 
     fn audit_anomaly(
