@@ -284,7 +284,7 @@ enum PendingStep {
         now_ms: i64,
     },
     /// End a session bound to another user agent (`bind_session_to_user_agent`).
-    End(UserAgentChange),
+    End(Box<UserAgentChange>),
 }
 
 /// A session bound to a user agent (`bind_session_to_user_agent`) came from another one.
@@ -480,7 +480,7 @@ impl Sessions {
         token: SessionToken,
         session: LiveSession,
         refresh_cookie: bool,
-    ) -> Result<Lookup, UserAgentChange> {
+    ) -> Result<Lookup, Box<UserAgentChange>> {
         let user_agent = headers
             .get(http::header::USER_AGENT)
             .and_then(|value| value.to_str().ok())
@@ -493,10 +493,10 @@ impl Sessions {
                 refresh_cookie,
             })
         } else {
-            Err(UserAgentChange {
+            Err(Box::new(UserAgentChange {
                 session,
                 user_agent: user_agent.to_string(),
-            })
+            }))
         }
     }
 
@@ -535,7 +535,7 @@ impl Sessions {
     /// `bind_session_to_user_agent`: the session came from another user agent, so it ends.
     async fn end_for_user_agent(
         &self,
-        change: UserAgentChange,
+        change: Box<UserAgentChange>,
         client_ip: IpAddr,
     ) -> Result<(), StoreError> {
         let session = &change.session.data;
