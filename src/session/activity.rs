@@ -19,7 +19,15 @@ const MAX_REPORTED: usize = 100_000;
 #[derive(Default)]
 pub struct ActivityTracker {
     pending: Mutex<HashMap<Uuid, Activity>>,
-    reported: Mutex<HashSet<(Uuid, &'static str, String)>>,
+    reported: Mutex<Reported>,
+}
+
+/// The changed values already reported, per session and kind ("ip", "ua"): looked up by
+/// `&str`, so a value seen before (the same new user agent on every request) costs no copy.
+#[derive(Default)]
+struct Reported {
+    values: HashMap<(Uuid, &'static str), HashSet<String>>,
+    count: usize,
 }
 
 impl ActivityTracker {
@@ -48,10 +56,16 @@ impl ActivityTracker {
         let Ok(mut reported) = self.reported.lock() else {
             return false;
         };
-        if reported.len() >= MAX_REPORTED {
-            reported.clear();
+        if reported.count >= MAX_REPORTED {
+            *reported = Reported::default();
         }
-        reported.insert((session_id, kind, value.to_string()))
+        let seen = reported.values.entry((session_id, kind)).or_default();
+        if seen.contains(value) {
+            return false;
+        }
+        seen.insert(value.to_string());
+        reported.count += 1;
+        true
     }
 }
 
@@ -82,5 +96,8 @@ mod tests {
         assert!(tracker.first_report(id, "ip", "10.0.0.1"));
         assert!(!tracker.first_report(id, "ip", "10.0.0.1"));
         assert!(tracker.first_report(id, "ip", "10.0.0.2"));
+        assert!(tracker.first_report(id, "ua", "10.0.0.1"));
+        assert!(tracker.first_report(Uuid::new_v4(), "ip", "10.0.0.1"));
+        assert!(!tracker.first_report(id, "ua", "10.0.0.1"));
     }
 }
