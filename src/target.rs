@@ -83,6 +83,33 @@ impl Host {
             None => name,
         }
     }
+
+    /// Whether `sent` is exactly [`Host::header_value`], compared without building it.
+    fn is_written_as(&self, sent: &[u8]) -> bool {
+        let name = self.name.as_bytes();
+        let rest = if self.name.contains(':') {
+            sent.strip_prefix(b"[")
+                .and_then(|rest| rest.strip_prefix(name))
+                .and_then(|rest| rest.strip_prefix(b"]"))
+        } else {
+            sent.strip_prefix(name)
+        };
+        let Some(rest) = rest else {
+            return false;
+        };
+        match self.port {
+            None => rest.is_empty(),
+            // The port as Display writes it: decimal digits, no sign, no leading zero.
+            Some(port) => rest.strip_prefix(b":").is_some_and(|digits| {
+                digits.iter().all(u8::is_ascii_digit)
+                    && (digits.len() == 1 || digits.first() != Some(&b'0'))
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|digits| digits.parse::<u16>().ok())
+                        == Some(port)
+            }),
+        }
+    }
 }
 
 /// The request as the gateway reads it.
@@ -155,14 +182,13 @@ impl RequestTarget {
             request.set_uri(uri);
         }
         if let Some(host) = &self.host {
-            let value = host.header_value();
             let mut sent = request.headers.get_all(http::header::HOST).iter();
             let same = sent
                 .next()
-                .is_some_and(|sent| sent.as_bytes() == value.as_bytes())
+                .is_some_and(|sent| host.is_written_as(sent.as_bytes()))
                 && sent.next().is_none();
             if !same {
-                request.insert_header(http::header::HOST, value)?;
+                request.insert_header(http::header::HOST, host.header_value())?;
             }
         }
         if let (Some(length), true) = (
@@ -375,6 +401,51 @@ mod tests {
 
     fn read(target: &[u8], hosts: &[&str]) -> Result<RequestTarget, TargetError> {
         RequestTarget::read(&request(target, hosts))
+    }
+
+    #[test]
+    fn a_host_is_written_as_its_header_value_only() {
+        let hosts = [
+            ("example.com", None),
+            ("example.com", Some(8080)),
+            ("example.com", Some(0)),
+            ("::1", Some(443)),
+            ("::1", None),
+            ("10.0.0.1", Some(80)),
+        ];
+        let sent = [
+            "example.com",
+            "example.com:8080",
+            "example.com:08080",
+            "example.com:+8080",
+            "example.com:0",
+            "example.com:00",
+            "example.com:",
+            "example.com:80800",
+            "Example.com",
+            "example.com.",
+            "example.co",
+            "[::1]:443",
+            "[::1]",
+            "::1",
+            "[::1]:0443",
+            "10.0.0.1:80",
+            "10.0.0.1",
+            "",
+        ];
+        for (name, port) in hosts {
+            let host = Host {
+                name: name.to_string(),
+                port,
+            };
+            for sent in sent {
+                assert_eq!(
+                    host.is_written_as(sent.as_bytes()),
+                    sent == host.header_value(),
+                    "{name} {port:?} vs {sent:?}"
+                );
+            }
+        }
     }
 
     #[test]
