@@ -662,9 +662,10 @@ impl Gateway {
     /// one, or 503 when the session store is down.
     ///
     /// A live session the local cache answers (the common case) is settled without the
-    /// `request` span: nothing is logged on that path, and making the span was about 2 % of a
-    /// protected request. The store round trip and every refusal run in the span, so their log
-    /// lines name the request.
+    /// `request` span: that path logs nothing of its own (only the write-behind queue's "record
+    /// dropped" error when an audited IP or user-agent change finds it full), and making the
+    /// span was about 2 % of a protected request. The store round trip and every refusal run in
+    /// the span, so their log lines name the request.
     async fn check_session(
         &self,
         session: &mut Session,

@@ -395,9 +395,10 @@ impl Sessions {
         }
     }
 
-    /// The part of [`Sessions::lookup`] that needs no I/O (and logs nothing): a missing or
-    /// malformed cookie, or a session the local cache answers, is settled here; anything else
-    /// goes on to [`Sessions::lookup_stored`].
+    /// The part of [`Sessions::lookup`] that needs no I/O: a missing or malformed cookie, or a
+    /// session the local cache answers, is settled here; anything else goes on to
+    /// [`Sessions::lookup_stored`]. It logs nothing itself; an audited IP or user-agent change
+    /// goes to the write-behind queue, which logs only if it is full and drops the record.
     pub fn lookup_local(&self, headers: &http::HeaderMap, client_ip: IpAddr) -> Step {
         let value = match cookie::find(headers, &self.config.cookie_name) {
             cookie::Found::Missing => return Step::Answered(Lookup::Missing),
