@@ -372,17 +372,19 @@ impl UpstreamPool {
         fit: &dyn Fn(&Backend, bool) -> bool,
         untried: &dyn Fn(&Backend) -> bool,
     ) -> Option<Backend> {
-        let key = match &self.balancer {
-            Balancer::ConsistentHash(_) => key(),
-            Balancer::RoundRobin(_) | Balancer::LeastConnections(_) => Vec::new(),
-        };
         match &self.balancer {
             Balancer::LeastConnections(lb) => self
                 .least_loaded(lb, &fit)
                 .or_else(|| self.least_loaded(lb, &|backend, _| untried(backend))),
-            balancer => balancer
-                .select_with(&key, fit)
-                .or_else(|| balancer.select_with(&key, |backend, _| untried(backend))),
+            balancer => {
+                let key = match balancer {
+                    Balancer::ConsistentHash(_) => key(),
+                    _ => Vec::new(),
+                };
+                balancer
+                    .select_with(&key, fit)
+                    .or_else(|| balancer.select_with(&key, |backend, _| untried(backend)))
+            }
         }
     }
 

@@ -441,35 +441,32 @@ impl Sessions {
         headers: &http::HeaderMap,
         client_ip: IpAddr,
     ) -> Result<Lookup, StoreError> {
-        let (token, key, ticket, now_ms) = match pending {
-            PendingStep::End(change) => {
-                self.end_for_user_agent(change, client_ip).await?;
-                return Ok(Lookup::Invalid);
-            }
+        let change = match pending {
+            PendingStep::End(change) => change,
             PendingStep::Touch {
                 token,
                 key,
                 ticket,
                 now_ms,
-            } => (token, key, ticket, now_ms),
-        };
-        let Some(session) = self
-            .store
-            .touch(&key, now_ms, self.config.idle_timeout)
-            .await?
-        else {
-            return Ok(Lookup::Invalid);
-        };
-        if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
-            cache.insert(ticket, &key, &session, now_ms);
-        }
-        match self.valid(headers, client_ip, token, session, true) {
-            Ok(lookup) => Ok(lookup),
-            Err(change) => {
-                self.end_for_user_agent(change, client_ip).await?;
-                Ok(Lookup::Invalid)
+            } => {
+                let Some(session) = self
+                    .store
+                    .touch(&key, now_ms, self.config.idle_timeout)
+                    .await?
+                else {
+                    return Ok(Lookup::Invalid);
+                };
+                if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+                    cache.insert(ticket, &key, &session, now_ms);
+                }
+                match self.valid(headers, client_ip, token, session, true) {
+                    Ok(lookup) => return Ok(lookup),
+                    Err(change) => change,
+                }
             }
-        }
+        };
+        self.end_for_user_agent(change, client_ip).await?;
+        Ok(Lookup::Invalid)
     }
 
     /// A session the store (or the cache) found live, once its use is noted; or, when the
