@@ -425,7 +425,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         self.guard_response(upstream_response)?;
-        upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id.header_value())?;
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header("set-cookie", cookie)?;
         }
@@ -551,14 +551,13 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
-        ctx.request_id = RequestId::for_request(
-            &session.req_header().headers,
-            ctx.via_trusted_proxy,
-            ctx.request_id.clone(),
-        );
+        if ctx.via_trusted_proxy {
+            ctx.request_id =
+                RequestId::for_request(&session.req_header().headers, true, ctx.request_id.clone());
+        }
         session
             .req_header_mut()
-            .insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+            .insert_header(request_id::HEADER, ctx.request_id.header_value())?;
         Ok(())
     }
 
@@ -963,14 +962,20 @@ fn forwarding_headers(
     if !via_trusted_proxy {
         request.remove_header("x-forwarded-host");
     }
+    // Built once and shared: a `HeaderValue` made from a `String` or a static keeps its bytes,
+    // and its clone shares them.
     let ip = client_ip.to_string();
-    request.insert_header("x-forwarded-for", ip.as_str())?;
-    request.insert_header("x-real-ip", ip.as_str())?;
-    request.insert_header("x-forwarded-proto", proto)?;
-    let forwarded = match client_ip {
-        IpAddr::V4(_) => format!("for={ip};proto={proto}"),
-        IpAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
-    };
+    let mut forwarded = String::with_capacity(ip.len() + 20);
+    match client_ip {
+        IpAddr::V4(_) => forwarded.extend(["for=", &ip]),
+        IpAddr::V6(_) => forwarded.extend(["for=\"[", &ip, "]\""]),
+    }
+    forwarded.extend([";proto=", proto]);
+    let ip = http::HeaderValue::try_from(ip)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "client address"))?;
+    request.insert_header("x-forwarded-for", ip.clone())?;
+    request.insert_header("x-real-ip", ip)?;
+    request.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     request.insert_header("forwarded", forwarded)?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 //!
 //! Pure logic, no I/O.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use uuid::Uuid;
 
 /// The header name, lower-case as it goes on the wire.
@@ -19,13 +19,23 @@ pub const HEADER: &str = "x-request-id";
 pub const MAX_LENGTH: usize = 128;
 
 /// A request's id: a v4 UUID, or what a trusted proxy sent (see [`is_acceptable`]).
+///
+/// Kept as the header value it is sent as: the request and its answer both carry it, and
+/// cloning a `HeaderValue` shares its bytes instead of copying them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(String);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// A fresh random id (a v4 UUID: 122 random bits).
     pub fn generate() -> Self {
-        Self(Uuid::new_v4().to_string())
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        Self::from_acceptable(text)
+    }
+
+    /// `id` passed [`is_acceptable`] (or is a UUID), so it is a valid header value.
+    fn from_acceptable(id: &str) -> Self {
+        Self(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
 
     /// The id of a request that arrived with `headers`: the one a trusted proxy set if there
@@ -40,19 +50,25 @@ impl RequestId {
                 .to_str()
                 .ok()
                 .filter(|id| is_acceptable(id))
-                .map_or(fresh, |id| Self(id.to_string())),
+                .map_or(fresh, |_| Self(value.clone())),
             _ => fresh,
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only visible ASCII gets in (a UUID or an acceptable id), so this never falls back.
+        self.0.to_str().unwrap_or("-")
+    }
+
+    /// The id as the `X-Request-Id` value: a shared copy, not a new one.
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
     }
 }
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
+        formatter.write_str(self.as_str())
     }
 }
 
@@ -73,7 +89,7 @@ mod tests {
     use crate::test_support::headers;
 
     fn fresh() -> RequestId {
-        RequestId("fresh".to_string())
+        RequestId(HeaderValue::from_static("fresh"))
     }
 
     #[test]

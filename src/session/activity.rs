@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::SessionData;
@@ -31,12 +31,13 @@ struct Reported {
 }
 
 impl ActivityTracker {
-    pub fn touched(&self, session: &SessionData) {
+    /// `session` was used at `at` (the caller's clock reading for the request).
+    pub fn touched(&self, session: &SessionData, at: DateTime<Utc>) {
         let activity = Activity {
             session_id: session.id,
             device_id: session.device_id,
             ip_id: session.ip_id,
-            at: Utc::now(),
+            at,
         };
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(session.id, activity);
@@ -82,9 +83,9 @@ mod tests {
         let tracker = ActivityTracker::default();
         let (a, b) = (session(), session());
         for _ in 0..100 {
-            tracker.touched(&a);
+            tracker.touched(&a, Utc::now());
         }
-        tracker.touched(&b);
+        tracker.touched(&b, Utc::now());
         assert_eq!(tracker.drain().len(), 2);
         assert!(tracker.drain().is_empty());
     }

@@ -281,7 +281,8 @@ enum PendingStep {
         token: SessionToken,
         key: SessionKey,
         ticket: Option<cache::Ticket>,
-        now_ms: i64,
+        /// The clock reading the request is judged by.
+        now: chrono::DateTime<chrono::Utc>,
     },
     /// End a session bound to another user agent (`bind_session_to_user_agent`).
     End(Box<UserAgentChange>),
@@ -409,7 +410,8 @@ impl Sessions {
         let Some(token) = SessionToken::parse(&value) else {
             return Step::Answered(Lookup::Invalid);
         };
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now = chrono::Utc::now();
+        let now_ms = now.timestamp_millis();
         let key = token.key();
         let ticket = match self.cache.as_deref().map(|cache| cache.get(&key, now_ms)) {
             Some(Cached::Hit {
@@ -417,7 +419,7 @@ impl Sessions {
                 refresh_cookie,
             }) => {
                 self.metrics.session_cache_hit();
-                return match self.valid(headers, client_ip, token, session, refresh_cookie) {
+                return match self.valid(headers, client_ip, token, session, refresh_cookie, now) {
                     Ok(lookup) => Step::Answered(lookup),
                     Err(change) => Step::AskStore(Pending(PendingStep::End(change))),
                 };
@@ -429,7 +431,7 @@ impl Sessions {
             token,
             key,
             ticket,
-            now_ms,
+            now,
         }))
     }
 
@@ -447,8 +449,9 @@ impl Sessions {
                 token,
                 key,
                 ticket,
-                now_ms,
+                now,
             } => {
+                let now_ms = now.timestamp_millis();
                 let Some(session) = self
                     .store
                     .touch(&key, now_ms, self.config.idle_timeout)
@@ -459,7 +462,7 @@ impl Sessions {
                 if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
                     cache.insert(ticket, &key, &session, now_ms);
                 }
-                match self.valid(headers, client_ip, token, session, true) {
+                match self.valid(headers, client_ip, token, session, true, now) {
                     Ok(lookup) => return Ok(lookup),
                     Err(change) => change,
                 }
@@ -478,13 +481,14 @@ impl Sessions {
         token: SessionToken,
         session: LiveSession,
         refresh_cookie: bool,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Lookup, Box<UserAgentChange>> {
         let user_agent = headers
             .get(http::header::USER_AGENT)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
         let user_agent = truncate_user_agent(user_agent);
-        if self.watch(&session.data, client_ip, user_agent) {
+        if self.watch(&session.data, client_ip, user_agent, now) {
             Ok(Lookup::Valid {
                 token,
                 session,
@@ -508,8 +512,14 @@ impl Sessions {
 
     /// Notes a session's use (and audits a change of IP or user agent); false if the session
     /// must end: it is bound to a user agent it no longer comes from.
-    fn watch(&self, session: &SessionData, client_ip: IpAddr, user_agent: &str) -> bool {
-        self.activity.touched(session);
+    fn watch(
+        &self,
+        session: &SessionData,
+        client_ip: IpAddr,
+        user_agent: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        self.activity.touched(session, now);
         if user_agent != session.user_agent {
             if self.config.bind_session_to_user_agent {
                 return false;
