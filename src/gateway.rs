@@ -114,7 +114,7 @@ pub struct RequestContext {
     unrouted_label: &'static str,
     route: Option<Arc<Route>>,
     /// The authenticated session, for identity injection and the access log.
-    identity: Option<SessionData>,
+    identity: Option<Arc<SessionData>>,
     /// A refreshed session cookie to hand back with the upstream's response.
     set_cookie: Option<String>,
     upstream_started: Option<Instant>,
@@ -671,7 +671,7 @@ impl Gateway {
         ctx: &mut RequestContext,
         client_ip: IpAddr,
         sign_in: impl FnOnce(&RequestHeader) -> Option<String>,
-    ) -> pingora::Result<Option<(SessionData, Option<String>)>> {
+    ) -> pingora::Result<Option<(Arc<SessionData>, Option<String>)>> {
         let step = self
             .sessions
             .lookup_local(&session.req_header().headers, client_ip);
@@ -695,7 +695,7 @@ impl Gateway {
         client_ip: IpAddr,
         step: Step,
         sign_in: impl FnOnce(&RequestHeader) -> Option<String>,
-    ) -> pingora::Result<Option<(SessionData, Option<String>)>> {
+    ) -> pingora::Result<Option<(Arc<SessionData>, Option<String>)>> {
         let lookup = match step {
             Step::Answered(lookup) => Ok(lookup),
             Step::AskStore(pending) => {
@@ -730,7 +730,7 @@ impl Gateway {
         token: &SessionToken,
         live: LiveSession,
         refresh_cookie: bool,
-    ) -> (SessionData, Option<String>) {
+    ) -> (Arc<SessionData>, Option<String>) {
         let cookie = refresh_cookie.then(|| self.sessions.refresh_cookie(token, &live));
         (live.data, cookie)
     }

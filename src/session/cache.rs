@@ -303,7 +303,7 @@ mod tests {
 
     fn live(user_id: Uuid, now_ms: i64) -> LiveSession {
         LiveSession {
-            data: SessionData {
+            data: std::sync::Arc::new(SessionData {
                 id: Uuid::new_v4(),
                 user_id,
                 email: "a@example.com".to_string(),
@@ -316,7 +316,7 @@ mod tests {
                 created_at_ms: now_ms,
                 absolute_expiry_ms: now_ms + 3_600_000,
                 roles: Vec::new(),
-            },
+            }),
             last_activity_ms: now_ms,
             idle_remaining: IDLE,
         }
@@ -401,7 +401,7 @@ mod tests {
         let (user, now) = (Uuid::new_v4(), 1_000_000);
         let key = key_of(user);
         let mut session = live(user, now);
-        session.data.absolute_expiry_ms = now + 1_000;
+        std::sync::Arc::make_mut(&mut session.data).absolute_expiry_ms = now + 1_000;
         let ticket = ticket(&cache, &key, now);
         cache.insert(ticket, &key, &session, now);
         assert!(is_hit(&cache, &key, now + 500));

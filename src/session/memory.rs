@@ -16,7 +16,7 @@
 //! Live sessions do not survive a restart (the durable records do, and are marked expired).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -29,7 +29,9 @@ use crate::config::OnLimit;
 use crate::model::StoreError;
 
 struct Entry {
-    data: SessionData,
+    /// Shared with every [`LiveSession`] handed out (a request clones the pointer, not the
+    /// strings).
+    data: Arc<SessionData>,
     last_activity_ms: i64,
     /// Unix milliseconds at which it idles out (never after its absolute expiry).
     idle_deadline_ms: i64,
@@ -197,7 +199,7 @@ impl SessionStore for MemorySessionStore {
         state.sessions.insert(
             token.clone(),
             Entry {
-                data: session.clone(),
+                data: Arc::new(session.clone()),
                 last_activity_ms: now_ms,
                 idle_deadline_ms: now_ms.saturating_add(ttl),
             },
@@ -319,7 +321,7 @@ impl SessionStore for MemorySessionStore {
         let mut updated = 0;
         for token in tokens {
             if let Some(entry) = state.sessions.get_mut(&token) {
-                entry.data.roles = roles.to_vec();
+                Arc::make_mut(&mut entry.data).roles = roles.to_vec();
                 updated += 1;
             }
         }

@@ -72,7 +72,8 @@ pub struct SessionData {
 /// A live session as the store sees it now.
 #[derive(Debug, Clone)]
 pub struct LiveSession {
-    pub data: SessionData,
+    /// Shared: the local cache hands the same record to every request it answers.
+    pub data: Arc<SessionData>,
     /// Unix milliseconds of the last validated request.
     pub last_activity_ms: i64,
     /// Time until it idles out.

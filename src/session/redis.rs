@@ -739,7 +739,7 @@ fn parse_live_session(fields: &[redis::Value]) -> Option<LiveSession> {
     let last_activity_ms = number(11).unwrap_or(data.created_at_ms);
     let left_ms: i64 = redis::from_redis_value(fields.get(13)?).ok()?;
     Some(LiveSession {
-        data,
+        data: Arc::new(data),
         last_activity_ms,
         idle_remaining: Duration::from_millis(u64::try_from(left_ms).ok()?),
     })
