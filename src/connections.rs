@@ -411,6 +411,12 @@ impl HeadScan {
                 None => return HeadStatus::Partial,
             },
         };
+        // The common case, a head that arrived whole with nothing after it: once the request
+        // line has begun, a blank line after it means httparse finds the head complete or
+        // refuses it, and either way it goes to pingora ([`head_status`] says Complete).
+        if buf.len() >= begin + 4 && buf.ends_with(b"\r\n\r\n") {
+            return HeadStatus::Complete;
+        }
         // A blank line is "\n\n" or "\n\r\n": look back two bytes across the read boundary.
         let from = scanned.saturating_sub(2).max(begin);
         let blank_line = buf[from..].windows(2).enumerate().any(|(i, pair)| {
@@ -650,6 +656,37 @@ mod tests {
         // Garbage in the first read goes to pingora (which answers 400) at once.
         let mut scan = HeadScan::default();
         assert_eq!(scan.status(b"\x16\x03\x01\x02"), HeadStatus::Complete);
+    }
+
+    /// What the shortcut in [`HeadScan::status`] relies on: whatever precedes it, a buffer
+    /// whose request line has begun and that ends with a blank line is Complete for httparse's
+    /// judgement too (a whole head, or one pingora refuses).
+    #[test]
+    fn a_buffer_ending_in_a_blank_line_is_complete_for_the_parser_too() {
+        let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(300));
+        let heads: [&[u8]; 12] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\nHost: x\n\r\n\r\n",
+            b"G\r\n\r\n",
+            b"\x16\x03\x01\x02\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+            b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: x\n\nrest\r\n\r\n",
+            many_headers.as_bytes(),
+        ];
+        for head in heads {
+            assert_eq!(
+                head_status(head),
+                HeadStatus::Complete,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+            assert_eq!(HeadScan::default().status(head), HeadStatus::Complete);
+        }
     }
 
     #[test]
