@@ -551,10 +551,11 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
-        if ctx.via_trusted_proxy {
-            ctx.request_id =
-                RequestId::for_request(&session.req_header().headers, true, ctx.request_id.clone());
-        }
+        ctx.request_id = RequestId::for_request(
+            &session.req_header().headers,
+            ctx.via_trusted_proxy,
+            ctx.request_id.clone(),
+        );
         session
             .req_header_mut()
             .insert_header(request_id::HEADER, ctx.request_id.header_value())?;

@@ -30,12 +30,8 @@ impl RequestId {
     pub fn generate() -> Self {
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        Self::from_acceptable(text)
-    }
-
-    /// `id` passed [`is_acceptable`] (or is a UUID), so it is a valid header value.
-    fn from_acceptable(id: &str) -> Self {
-        Self(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")))
+        // A UUID is always a valid header value; the fallback is never taken.
+        Self(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
 
     /// The id of a request that arrived with `headers`: the one a trusted proxy set if there
@@ -60,7 +56,8 @@ impl RequestId {
         self.0.to_str().unwrap_or("-")
     }
 
-    /// The id as the `X-Request-Id` value: a shared copy, not a new one.
+    /// The id as the `X-Request-Id` value: a shared copy, not a new one (also what makes
+    /// cloning a fresh id for [`RequestId::for_request`] cheap).
     pub fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }

@@ -354,18 +354,15 @@ async fn a_cluster_master_killed_during_traffic_fails_over_without_a_wrong_answe
         return;
     }
     let mut cluster = RedisCluster::start().await;
-    // Per-IP budgets off the table: the load comes from 127.0.0.1 as fast as the machine
-    // allows (over the default 1000/s on a fast one), and a 429 here would be a budget, not a
-    // failure of what is tested.
     let first = GatewayOptions::new()
         .max_registrations_per_ip(1000)
-        .rate_limit(100_000, 100_000)
+        .unmetered()
         .redis_cluster(&cluster)
         .start()
         .await;
     let second = GatewayOptions::new()
         .max_registrations_per_ip(1000)
-        .rate_limit(100_000, 100_000)
+        .unmetered()
         .sharing_stores_with(&first)
         .redis_cluster(&cluster)
         .start()
@@ -396,18 +393,15 @@ async fn behind_sentinels_the_gateway_follows_a_promotion_without_a_restart() {
         return;
     }
     let mut group = RedisSentinels::start().await;
-    // Per-IP budgets off the table: the load comes from 127.0.0.1 as fast as the machine
-    // allows (over the default 1000/s on a fast one), and a 429 here would be a budget, not a
-    // failure of what is tested.
     let first = GatewayOptions::new()
         .max_registrations_per_ip(1000)
-        .rate_limit(100_000, 100_000)
+        .unmetered()
         .redis_sentinels(&group)
         .start()
         .await;
     let second = GatewayOptions::new()
         .max_registrations_per_ip(1000)
-        .rate_limit(100_000, 100_000)
+        .unmetered()
         .sharing_stores_with(&first)
         .redis_sentinels(&group)
         .start()
