@@ -48,7 +48,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -379,7 +379,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(assertion) = &ctx.assertion {
-            upstream_request.insert_header(identity::ASSERTION, assertion.clone())?;
+            upstream_request.insert_header(&identity::parsed::ASSERTION, assertion.clone())?;
         }
         Ok(())
     }
@@ -425,7 +425,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         self.guard_response(upstream_response)?;
-        upstream_response.insert_header(request_id::HEADER, ctx.request_id.header_value())?;
+        upstream_response.insert_header(&request_id::NAME, ctx.request_id.header_value())?;
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header("set-cookie", cookie)?;
         }
@@ -558,7 +558,7 @@ impl Gateway {
         );
         session
             .req_header_mut()
-            .insert_header(request_id::HEADER, ctx.request_id.header_value())?;
+            .insert_header(&request_id::NAME, ctx.request_id.header_value())?;
         Ok(())
     }
 
@@ -648,7 +648,11 @@ impl Gateway {
             return Ok(());
         };
         self.metrics.decision(Decision::Allowed);
-        let mut headers = self.identity_headers(&identity);
+        let mut headers: Vec<_> = self
+            .identity_headers(&identity)
+            .into_iter()
+            .map(|(name, value)| (name.as_str(), value))
+            .collect();
         headers.extend(cookie.map(|cookie| ("set-cookie", cookie)));
         ctx.identity = Some(identity);
         self.respond
@@ -739,17 +743,17 @@ impl Gateway {
     /// The identity headers the gateway vouches for: `X-User-Id`, and `X-User-Email` /
     /// `X-Session-Id` / `X-User-Roles` when `session.inject_*` says so. Sent upstream on a protected route,
     /// and answered by `/auth/verify`.
-    fn identity_headers(&self, identity: &SessionData) -> Vec<(&'static str, String)> {
+    fn identity_headers(&self, identity: &SessionData) -> Vec<(&'static StaticHeaderName, String)> {
         let config = self.sessions.config();
-        let mut headers = vec![(identity::USER_ID, identity.user_id.to_string())];
+        let mut headers = vec![(&identity::parsed::USER_ID, identity.user_id.to_string())];
         if config.inject_user_email {
-            headers.push((identity::USER_EMAIL, identity.email.clone()));
+            headers.push((&identity::parsed::USER_EMAIL, identity.email.clone()));
         }
         if config.inject_session_id {
-            headers.push((identity::SESSION_ID, identity.id.to_string()));
+            headers.push((&identity::parsed::SESSION_ID, identity.id.to_string()));
         }
         if config.inject_user_roles {
-            headers.push((identity::USER_ROLES, identity.roles.join(",")));
+            headers.push((&identity::parsed::USER_ROLES, identity.roles.join(",")));
         }
         headers
     }
@@ -943,6 +947,13 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiErro
         })
 }
 
+// The forwarding headers, parsed once: they are written on every proxied request.
+static X_FORWARDED_FOR: StaticHeaderName = StaticHeaderName::new("x-forwarded-for");
+static X_REAL_IP: StaticHeaderName = StaticHeaderName::new("x-real-ip");
+static X_FORWARDED_PROTO: StaticHeaderName = StaticHeaderName::new("x-forwarded-proto");
+static X_FORWARDED_HOST: StaticHeaderName = StaticHeaderName::new("x-forwarded-host");
+static FORWARDED: StaticHeaderName = StaticHeaderName::new("forwarded");
+
 /// The forwarding headers upstreams see: the resolved client IP only (`X-Forwarded-For`,
 /// `X-Real-IP`, `Forwarded`), and the scheme/host a trusted proxy reported, never what an
 /// untrusted client claims.
@@ -953,7 +964,7 @@ fn forwarding_headers(
 ) -> pingora::Result<()> {
     let reported_proto = request
         .headers
-        .get("x-forwarded-proto")
+        .get(X_FORWARDED_PROTO.header_name())
         .and_then(|value| value.to_str().ok())
         .map(str::trim);
     let proto = match reported_proto {
@@ -961,7 +972,7 @@ fn forwarding_headers(
         _ => "http",
     };
     if !via_trusted_proxy {
-        request.remove_header("x-forwarded-host");
+        request.remove_header(X_FORWARDED_HOST.header_name());
     }
     // Built once and shared: a `HeaderValue` made from a `String` or a static keeps its bytes,
     // and its clone shares them.
@@ -974,10 +985,10 @@ fn forwarding_headers(
     forwarded.extend([";proto=", proto]);
     let ip = http::HeaderValue::try_from(ip)
         .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "client address"))?;
-    request.insert_header("x-forwarded-for", ip.clone())?;
-    request.insert_header("x-real-ip", ip)?;
-    request.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
-    request.insert_header("forwarded", forwarded)?;
+    request.insert_header(&X_FORWARDED_FOR, ip.clone())?;
+    request.insert_header(&X_REAL_IP, ip)?;
+    request.insert_header(&X_FORWARDED_PROTO, http::HeaderValue::from_static(proto))?;
+    request.insert_header(&FORWARDED, forwarded)?;
     Ok(())
 }
 

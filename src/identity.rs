@@ -12,6 +12,17 @@ pub const USER_ROLES: &str = "x-user-roles";
 /// The signed identity assertion (see `assertion/`).
 pub const ASSERTION: &str = "x-authgate-assertion";
 
+/// The names above, parsed once, for the inserts on every proxied request.
+pub mod parsed {
+    use pingora::http::StaticHeaderName;
+
+    pub static USER_ID: StaticHeaderName = StaticHeaderName::new(super::USER_ID);
+    pub static USER_EMAIL: StaticHeaderName = StaticHeaderName::new(super::USER_EMAIL);
+    pub static SESSION_ID: StaticHeaderName = StaticHeaderName::new(super::SESSION_ID);
+    pub static USER_ROLES: StaticHeaderName = StaticHeaderName::new(super::USER_ROLES);
+    pub static ASSERTION: StaticHeaderName = StaticHeaderName::new(super::ASSERTION);
+}
+
 /// Always stripped, whatever the config says: the gateway's own identity headers, other
 /// gateways' identity headers (oauth2-proxy, Authelia, Grafana-style auth proxies), headers
 /// upstreams read as the client's address, and URL-override headers some frameworks route by

@@ -10,10 +10,13 @@
 //! Pure logic, no I/O.
 
 use http::{HeaderMap, HeaderValue};
+use pingora::http::StaticHeaderName;
 use uuid::Uuid;
 
 /// The header name, lower-case as it goes on the wire.
 pub const HEADER: &str = "x-request-id";
+/// [`HEADER`] parsed once, for the inserts on every request and response.
+pub static NAME: StaticHeaderName = StaticHeaderName::new(HEADER);
 
 /// The longest id accepted from a trusted proxy.
 pub const MAX_LENGTH: usize = 128;

@@ -6,10 +6,13 @@
 
 use bytes::Bytes;
 use http::Response;
-use pingora::http::ResponseHeader;
+use pingora::http::{ResponseHeader, StaticHeaderName};
 use pingora::proxy::Session;
 
 use crate::auth::ApiError;
+
+/// Written on every answer, parsed once.
+static NOSNIFF: StaticHeaderName = StaticHeaderName::new("x-content-type-options");
 
 pub struct Responder {
     /// The `Strict-Transport-Security` value, when configured.
@@ -41,7 +44,7 @@ impl Responder {
         {
             header.insert_header("cache-control", "no-store")?;
         }
-        header.insert_header("x-content-type-options", "nosniff")?;
+        header.insert_header(&NOSNIFF, "nosniff")?;
         if let Some(hsts) = &self.hsts {
             header.insert_header("strict-transport-security", hsts.as_str())?;
         }
@@ -49,8 +52,9 @@ impl Responder {
             header.append_header(*name, value.as_str())?;
         }
         // The request's id, set on the request by the gateway before any answer is written.
-        if let Some(id) = session.req_header().headers.get(crate::request_id::HEADER) {
-            header.insert_header(crate::request_id::HEADER, id.clone())?;
+        let request_id = &crate::request_id::NAME;
+        if let Some(id) = session.req_header().headers.get(request_id.header_name()) {
+            header.insert_header(request_id, id.clone())?;
         }
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session
