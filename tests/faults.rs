@@ -1084,7 +1084,7 @@ struct DyingUpstream {
 
 impl DyingUpstream {
     async fn start(reset: bool) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = listen_on_free_port();
         let addr = listener.local_addr().expect("local addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();

@@ -301,7 +301,7 @@ async fn login_protection_strip_headers_branding_and_log_level_reload() {
 #[tokio::test]
 async fn a_replaced_route_table_stops_health_checking_its_upstreams() {
     // An upstream that only counts the connections it gets (health checks are TCP connects).
-    let probed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probed = listen_on_free_port();
     let probed_addr = probed.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let counter = connections.clone();

@@ -1286,12 +1286,12 @@ mod sqlite_file {
 
     // --- the real binary ------------------------------------------------------------------------
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    /// Two distinct free 127.0.0.1 addresses (both held while the second is picked, so the OS
+    /// cannot hand out the same port twice).
+    fn free_addresses() -> (SocketAddr, SocketAddr) {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (first, second) = (bind(), bind());
+        (first.local_addr().unwrap(), second.local_addr().unwrap())
     }
 
     async fn require_redis() {
@@ -1326,8 +1326,7 @@ mod sqlite_file {
     impl Binary {
         /// Writes a config for `database_url` into `dir` and starts the gateway there.
         fn spawn(dir: &Path, database_url: &str) -> Binary {
-            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let (listen, admin) = free_addresses();
             let name = random_hex(4);
             let redis_prefix = format!("authgate_t_{}:", random_hex(6));
             let config = dir.join(format!("gateway-{name}.toml"));

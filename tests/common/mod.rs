@@ -80,19 +80,46 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(bytes)
 }
 
-/// A port that was free a moment ago (bind :0, read the port, drop the listener). Nothing
-/// listens on it afterwards, which also makes it a good "dead upstream". The OS may hand the
-/// same port to the next bind, so a port is never returned twice in one test process (a
-/// gateway's listen and admin ports must differ).
-pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+/// Ports this test process has handed out (to a gateway, a Redis, ...) or listens on itself.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `port` as taken; false when it already was.
+fn claim_port(port: u16) -> bool {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if handed_out.contains(&port) {
+        return false;
+    }
+    handed_out.push(port);
+    true
+}
+
+/// A listener on a 127.0.0.1 port no other part of this test process has been handed. Bind :0
+/// alone is not enough: the OS may give back a port [`free_port`] just handed to a gateway that
+/// has not bound it yet, and the test would then talk to this listener in the gateway's place.
+/// A port that is taken stays bound while the next one is tried, so the OS cannot return it.
+pub fn listen_on_free_port() -> TcpListener {
+    let mut taken = Vec::new();
     loop {
         let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().unwrap().port();
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
+        if claim_port(listener.local_addr().unwrap().port()) {
+            listener
+                .set_nonblocking(true)
+                .expect("non-blocking listener");
+            return TcpListener::from_std(listener).expect("tokio listener");
+        }
+        taken.push(listener);
+    }
+}
+
+/// A port that was free a moment ago (bind :0, read the port, drop the listener). Nothing
+/// listens on it afterwards, which also makes it a good "dead upstream". A port is never
+/// returned twice in one test process, nor one a listener of [`listen_on_free_port`] holds (a
+/// gateway's listen and admin ports must differ, and must not be its echo upstream's).
+pub fn free_port() -> u16 {
+    loop {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        if claim_port(listener.local_addr().unwrap().port()) {
+            return listener.local_addr().unwrap().port();
         }
     }
 }
@@ -425,8 +452,7 @@ impl EchoServer {
     /// An echo upstream that waits `delay` after reading each request before it answers (a
     /// slow backend). The request is recorded as soon as it has been read.
     pub async fn start_delayed(delay: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        Self::serve(listener, delay)
+        Self::serve(listen_on_free_port(), delay)
     }
 
     /// An echo upstream on `addr` (e.g. one a dropped echo upstream had: it "comes back").
