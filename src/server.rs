@@ -214,6 +214,54 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
+/// Refuses to start when an address the gateway is to listen on cannot be bound (another
+/// process listens there, or the address is not this host's). pingora would retry the bind for
+/// 30 s and then lose the listener's service thread, leaving a process whose admin listener
+/// answers ready while nothing serves the public address. The probe binds as pingora does
+/// (`SO_REUSEADDR`, so sockets in TIME_WAIT do not count) and lets go at once. With
+/// `--upgrade` the sockets come from the running process instead, so there is nothing to probe.
+fn check_listen_addresses(config: &Config) -> anyhow::Result<()> {
+    let addresses = [
+        ("server.listen", Some(config.server.listen)),
+        ("server.admin_listen", Some(config.server.admin_listen)),
+        ("demo.listen", config.demo),
+    ];
+    for (key, address) in addresses {
+        let Some(address) = address else { continue };
+        if let Err(error) = std::net::TcpListener::bind(address) {
+            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                " (another process listens there: is authgate already running? `authgate run \
+                 --upgrade` takes over a running gateway's sockets)"
+            } else {
+                ""
+            };
+            anyhow::bail!("cannot listen on {address} ({key}): {error}{hint}");
+        }
+    }
+    Ok(())
+}
+
+/// The other half of [`check_listen_addresses`]: an address taken between that probe and
+/// pingora's own bind makes pingora panic on the service's thread ("Failed to build
+/// listeners") after its retries. The process then exits instead of lingering without the
+/// listener.
+fn exit_if_a_listener_cannot_be_bound() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("Failed to build listeners") {
+            tracing::error!("a listening address cannot be bound; exiting");
+            std::process::exit(1);
+        }
+    }));
+}
+
 /// Runs the gateway until a signal stops it. Never returns on success (pingora exits).
 pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let log_level = telemetry::init_logging(&config.log);
@@ -226,6 +274,8 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     if options.upgrade {
         upgrade::check_socket_directory(std::path::Path::new(&config.server.upgrade_sock))?;
+    } else {
+        check_listen_addresses(&config)?;
     }
     let start_config = config.clone();
     if config.access.registration_open()
@@ -464,6 +514,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         pid = std::process::id(),
         "authgate starting"
     );
+    exit_if_a_listener_cannot_be_bound();
     upgrade::notify_ready();
     // `background` stays alive: run_forever only returns by exiting the process.
     server.run_forever();

@@ -594,34 +594,88 @@ fn check_refuses_zero_lockout_and_window() {
     assert_check_rejects(&zero_window, "login_protection.window");
 }
 
+/// Runs `authgate --config <path>` and waits up to `within` for it to exit: its status and
+/// what it wrote to stderr, or `None` when it was still running (it is killed then).
+async fn run_until_exit(
+    path: &std::path::Path,
+    within: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = gateway_command()
+        .arg("--config")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let output = child.wait_with_output().unwrap();
+            return Some((
+                output.status,
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_refuses_to_start_with_an_invalid_config() {
     let config = valid_config().replace("idle_timeout = \"1h\"", "idle_timeout = \"abc\"");
     let dir = TempDir::new();
     let path = dir.path.join("gateway.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = gateway_command()
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let exited = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let exited = exited.expect("authgate kept running with an invalid config");
-    assert!(!exited.success());
+    let (status, _) = run_until_exit(&path, Duration::from_secs(15))
+        .await
+        .expect("authgate kept running with an invalid config");
+    assert!(!status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_to_start_when_an_address_it_listens_on_is_taken() {
+    // A second gateway on a running one's addresses, and one whose admin address another
+    // program holds: each exits at once naming the address and its key, rather than retrying
+    // for half a minute and then lingering "ready" with no public listener.
+    let running = Gateway::start().await;
+    let held = listen_on_free_port();
+    let held_addr = held.local_addr().unwrap();
+    let config = std::fs::read_to_string(&running.config_path).unwrap();
+    let free = format!("127.0.0.1:{}", free_port());
+    let cases = [
+        (config.clone(), running.listen.to_string(), "server.listen"),
+        (
+            config
+                .replace(&format!("\"{}\"", running.listen), &format!("\"{free}\""))
+                .replace(
+                    &format!("\"{}\"", running.admin),
+                    &format!("\"{held_addr}\""),
+                ),
+            held_addr.to_string(),
+            "server.admin_listen",
+        ),
+    ];
+    for (config, address, key) in cases {
+        let dir = TempDir::new();
+        let path = dir.path.join("gateway.toml");
+        std::fs::write(&path, &config).unwrap();
+        let (status, stderr) = run_until_exit(&path, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("authgate kept running with {key} = {address} taken"));
+        assert!(!status.success(), "{key} taken, yet exit status {status}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {address} ({key})")),
+            "{key} = {address} taken; stderr does not name it:\n{stderr}"
+        );
+    }
+    // The running gateway was not disturbed.
+    assert_eq!(running.get("/public/a", None).await.status(), 200);
 }
 
 // --- shutdown --------------------------------------------------------------------------------
