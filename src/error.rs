@@ -282,7 +282,9 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Conflict(field) => ApiError::Conflict(field),
             StoreError::Full { limit, .. } => ApiError::SessionStoreFull(limit),
-            StoreError::Unavailable { .. } => ApiError::Unavailable(error.to_string()),
+            StoreError::Unavailable { .. } | StoreError::NoAnswer { .. } => {
+                ApiError::Unavailable(error.to_string())
+            }
         }
     }
 }

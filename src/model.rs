@@ -80,6 +80,10 @@ pub enum StoreError {
     /// The store is down, slow or refusing: the client should retry later (503).
     #[error("{store} unavailable: {detail}")]
     Unavailable { store: &'static str, detail: String },
+    /// A statement was sent and no answer came in time (503 like `Unavailable`). It may still
+    /// be applied, so a change that is not idempotent must not be sent again.
+    #[error("{store} unavailable: {detail}")]
+    NoAnswer { store: &'static str, detail: String },
     /// A uniqueness rule was broken; the field that collided.
     #[error("duplicate {0}")]
     Conflict(&'static str),

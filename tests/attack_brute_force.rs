@@ -41,6 +41,32 @@ async fn failed_login_attempts(gateway: &Gateway, email: &str) -> i64 {
         .await
 }
 
+/// Asserts `users.failed_login_attempts` is `expected`. The request writes it before answering;
+/// only when the database did not take the write then is it queued and written again, so the
+/// value may take a moment to arrive, but must then be exact (never counted twice).
+async fn assert_failed_login_attempts(gateway: &Gateway, email: &str, expected: i64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let count = failed_login_attempts(gateway, email).await;
+        if count == expected {
+            return;
+        }
+        if std::time::Instant::now() >= deadline || count > expected {
+            let logs = gateway.logs();
+            let store_trouble: Vec<&str> = logs
+                .lines()
+                .filter(|line| line.contains("database") || line.contains("account stamp"))
+                .collect();
+            panic!(
+                "{what}: users.failed_login_attempts is {count}, expected {expected}\n\
+                 the gateway's database warnings:\n{}",
+                store_trouble.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn redis_connection() -> redis::aio::MultiplexedConnection {
     redis::Client::open(base_redis_url())
         .unwrap()
@@ -83,11 +109,13 @@ async fn password_guessing_locks_the_account_even_against_the_right_password() {
         15 * 60,
     )
     .await;
-    assert_eq!(
-        failed_login_attempts(&gateway, &email).await,
+    assert_failed_login_attempts(
+        &gateway,
+        &email,
         5,
-        "users.failed_login_attempts does not mirror the failures"
-    );
+        "users.failed_login_attempts does not mirror the failures",
+    )
+    .await;
     // The locked account is still locked for the next guess, of course.
     assert_eq!(
         login_attempt(&gateway, &email, "guess-6-wrong")
@@ -138,11 +166,13 @@ async fn concurrent_guessing_still_ends_in_a_lockout_and_every_failure_is_counte
         15 * 60,
     )
     .await;
-    assert_eq!(
-        failed_login_attempts(&gateway, &email).await,
+    assert_failed_login_attempts(
+        &gateway,
+        &email,
         i64::try_from(checked).unwrap(),
-        "users.failed_login_attempts does not match the failures answered with 401"
-    );
+        "the failures answered with 401 are not what the database counted",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +320,8 @@ async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
         );
     }
     gateway.login(&email, &password).await;
-    assert_eq!(failed_login_attempts(&gateway, &email).await, 0);
+    assert_failed_login_attempts(&gateway, &email, 0, "a successful sign-in resets the count")
+        .await;
     // Four more failures after the successful sign-in: still below the limit.
     for i in 0..4 {
         assert_eq!(
@@ -470,11 +501,13 @@ async fn password_change_guesses_count_towards_the_lockout() {
         LOCKOUT_SECS,
     )
     .await;
-    assert_eq!(
-        failed_login_attempts(&gateway, &user.email).await,
+    assert_failed_login_attempts(
+        &gateway,
+        &user.email,
         3,
-        "users.failed_login_attempts does not count the password-change failures"
-    );
+        "users.failed_login_attempts does not count the password-change failures",
+    )
+    .await;
 
     // Once the lock expires the old password still works: the refused change changed nothing.
     eventually(

@@ -752,6 +752,70 @@ async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
 }
 
 /// The harness's routes plus a public `/slow/` route to `upstream`, with a long grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_checked_as_postgres_goes_away_is_counted_once_it_is_back() {
+    if !require_backend(
+        Backend::Production,
+        "cuts Postgres off (the embedded pair's database is a local file)",
+    ) {
+        return;
+    }
+    // §5: failures are mirrored into users.failed_login_attempts. Postgres is cut off after the
+    // account was read and while its (deliberately slow) password check runs, so the count
+    // cannot be written before the 401. It is queued, and written once when Postgres is back:
+    // not lost, not counted twice.
+    let postgres = TcpForwarder::to_postgres().await;
+    let gateway =
+        Gateway::start_with_edited(GatewayOptions::new().database_through(&postgres), |text| {
+            text.replace("bcrypt_cost = 4", "bcrypt_cost = 14")
+        })
+        .await;
+    let email = unique_email();
+    gateway.register(&email, &strong_password()).await;
+
+    let wrong = json!({"email": email, "password": "wrong-password-1"});
+    let started = std::time::Instant::now();
+    let guess = gateway.post_json("/auth/login", &wrong, None);
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        postgres.stop();
+    };
+    let (response, ()) = tokio::join!(guess, cut);
+    let took = started.elapsed();
+    assert_eq!(response.status(), 401, "{}", response.text().await.unwrap());
+    let count = || async {
+        gateway
+            .count(
+                "SELECT failed_login_attempts FROM users WHERE email = $1",
+                &[email.as_str().into()],
+            )
+            .await
+    };
+    assert_eq!(
+        count().await,
+        0,
+        "the count was written before Postgres was cut off (the check took {took:?}): the \
+         test did not exercise what it is about"
+    );
+    assert!(
+        gateway
+            .logs()
+            .contains("account stamp not written yet; queued"),
+        "{}",
+        gateway.logs()
+    );
+
+    postgres.resume().await;
+    eventually(
+        Duration::from_secs(20),
+        "the queued failure to be counted",
+        || async { (count().await == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count().await, 1, "the failure was counted more than once");
+}
+
 fn with_slow_route(upstream: &EchoServer) -> GatewayOptions {
     let mut options = GatewayOptions::new().routes(vec![
         RouteSpec::required("/", Upstream::Echo),

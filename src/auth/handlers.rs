@@ -14,6 +14,7 @@ use crate::limits::login::{Outcome, Refusal};
 use crate::session::{
     EndReason, LiveSession, Login, Lookup, SessionData, SessionToken, Start, Started,
 };
+use crate::store::behind::AccountWrite;
 use crate::store::{AuditKind, AuthEvent, Credentials, NewUser, SessionRecord, User};
 
 impl AuthApi {
@@ -258,9 +259,12 @@ impl AuthApi {
             }
             return Err(error.into());
         }
-        if let Err(error) = self.records.record_login(user.id, now).await {
-            tracing::warn!(%error, "cannot stamp last_login");
-        }
+        self.writer
+            .account(AccountWrite::Login {
+                user_id: user.id,
+                at: now,
+            })
+            .await;
         let user = User {
             last_login: Some(now),
             ..user
@@ -341,10 +345,12 @@ impl AuthApi {
             Verdict::Correct(checked) => Ok(checked),
             Verdict::Wrong { user_id } => {
                 if let Some(user_id) = user_id {
-                    if let Err(error) = self.records.record_failed_login(user_id, Utc::now()).await
-                    {
-                        tracing::warn!(%error, "cannot record failed password check");
-                    }
+                    self.writer
+                        .account(AccountWrite::FailedLogin {
+                            user_id,
+                            at: Utc::now(),
+                        })
+                        .await;
                 }
                 self.audit(request, failure_event, user_id, None, json!({}));
                 if let Some(lockout) = lockout {

@@ -4,6 +4,10 @@
 //! background task, which retries while Postgres is down. The queue is bounded; when it is
 //! full the record is dropped, logged and counted (`authgate_write_behind_dropped_total`)
 //! rather than blocking a request.
+//!
+//! The account stamps of a password check (`last_login`, `failed_login_attempts`) are written
+//! by the request itself, so that what it answered is in the database when it answers; only
+//! one the database did not take then is queued here, to be written once it is back.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +33,29 @@ enum Record {
         reason: &'static str,
         at: DateTime<Utc>,
     },
+    Account(AccountWrite),
+}
+
+/// What a password check writes to the account's row ([`RecordStore::record_login`] and
+/// [`RecordStore::record_failed_login`]). A count and its reset, so not written twice: a
+/// statement that was sent and got no answer ([`StoreError::NoAnswer`]) may still land and is
+/// not repeated. (A connection that breaks after the statement went out is reported as
+/// `Unavailable` and can, rarely, count one failure twice.)
+#[derive(Debug, Clone, Copy)]
+pub enum AccountWrite {
+    Login { user_id: Uuid, at: DateTime<Utc> },
+    FailedLogin { user_id: Uuid, at: DateTime<Utc> },
+}
+
+impl AccountWrite {
+    async fn write(self, records: &dyn RecordStore) -> Result<(), StoreError> {
+        match self {
+            AccountWrite::Login { user_id, at } => records.record_login(user_id, at).await,
+            AccountWrite::FailedLogin { user_id, at } => {
+                records.record_failed_login(user_id, at).await
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -37,6 +64,7 @@ pub struct WriteBehind {
     /// Records queued or being written.
     pending: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    records: Arc<dyn RecordStore>,
 }
 
 impl WriteBehind {
@@ -47,12 +75,13 @@ impl WriteBehind {
     ) -> (WriteBehind, impl std::future::Future<Output = ()>) {
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(AtomicUsize::new(0));
-        let writer = run(receiver, records, pending.clone());
+        let writer = run(receiver, records.clone(), pending.clone());
         (
             WriteBehind {
                 sender,
                 pending,
                 metrics,
+                records,
             },
             writer,
         )
@@ -60,6 +89,21 @@ impl WriteBehind {
 
     pub fn event(&self, event: AuthEvent) {
         self.send(Record::Event(event));
+    }
+
+    /// Writes `write` now; when that fails before the statement was sent, queues it to be
+    /// written again (behind what is already queued).
+    pub async fn account(&self, write: AccountWrite) {
+        match write.write(self.records.as_ref()).await {
+            Ok(()) => {}
+            Err(error @ StoreError::NoAnswer { .. }) => {
+                tracing::warn!(%error, ?write, "account stamp sent without an answer; not repeated");
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?write, "account stamp not written yet; queued");
+                self.send(Record::Account(write));
+            }
+        }
     }
 
     pub fn sessions_ended(&self, ids: Vec<Uuid>, end: SessionEnd, reason: &'static str) {
@@ -106,6 +150,12 @@ async fn run(
         loop {
             match write(records.as_ref(), &record).await {
                 Ok(()) => break,
+                Err(error @ StoreError::NoAnswer { .. })
+                    if matches!(record, Record::Account(_)) =>
+                {
+                    tracing::warn!(%error, ?record, "account stamp sent without an answer; not repeated");
+                    break;
+                }
                 Err(error) if attempt < MAX_ATTEMPTS => {
                     tracing::warn!(%error, attempt, "write-behind record not written yet; retrying");
                     attempt += 1;
@@ -133,5 +183,6 @@ async fn write(records: &dyn RecordStore, record: &Record) -> Result<(), StoreEr
             .end_sessions(ids, *end, reason, *at)
             .await
             .map(|_| ()),
+        Record::Account(write) => write.write(records).await,
     }
 }

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
-use super::sql::Calls;
+use super::sql::{self, Calls};
 use super::{
     split_roles, Account, ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord,
     NewUser, RecordStore, SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
@@ -42,7 +42,7 @@ impl PostgresStore {
     ) -> Result<Self, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(timeout)
+            .acquire_timeout(sql::wait_timeout(timeout))
             .connect_lazy(url)?;
         Ok(Self {
             pool,

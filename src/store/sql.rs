@@ -1,7 +1,9 @@
 //! What the two SQL record stores (`postgres`, `sqlite`) share: every call is bounded by the
 //! configured timeout, timed into the store metrics, and its errors are mapped one way — a
 //! uniqueness violation names the field that collided (`Conflict("email" | "username")`),
-//! anything else is `Unavailable` (503), logged once.
+//! anything else is `Unavailable` (503), logged once. A statement that was sent and got no answer
+//! within the timeout is `NoAnswer` instead (503 too): it may still be applied, so a change that
+//! is not idempotent is not sent again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,14 @@ pub(super) struct Calls {
     pub metrics: Arc<Metrics>,
 }
 
+/// How long a call may wait for a pooled connection (or, on SQLite, for the write lock) before
+/// it gives up: less than the call's whole timeout, so that a call which timed out while still
+/// waiting fails as `Unavailable` (never sent, safe to send again) and `NoAnswer` is left for a
+/// statement that was sent.
+pub fn wait_timeout(timeout: Duration) -> Duration {
+    timeout * 3 / 4
+}
+
 impl Calls {
     /// Runs one store call with the timeout, metrics and error mapping every call shares.
     pub async fn run<T>(
@@ -26,12 +36,20 @@ impl Calls {
         let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(self.map_error(error)),
-            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError::NoAnswer {
+                store: self.store_name(),
+                detail: format!("no answer within {:?}", self.timeout),
+            }),
         };
-        let ok = !matches!(result, Err(StoreError::Unavailable { .. }));
+        let ok = !matches!(
+            result,
+            Err(StoreError::Unavailable { .. } | StoreError::NoAnswer { .. })
+        );
         self.metrics
             .store_call(self.backend, operation, started.elapsed(), ok);
-        if let Err(StoreError::Unavailable { detail, .. }) = &result {
+        if let Err(StoreError::Unavailable { detail, .. } | StoreError::NoAnswer { detail, .. }) =
+            &result
+        {
             tracing::warn!(
                 operation,
                 backend = self.backend.label(),
@@ -44,11 +62,15 @@ impl Calls {
 
     pub fn unavailable(&self, detail: String) -> StoreError {
         StoreError::Unavailable {
-            store: match self.backend {
-                Store::Sqlite => "database (sqlite)",
-                _ => "database (postgres)",
-            },
+            store: self.store_name(),
             detail,
+        }
+    }
+
+    fn store_name(&self) -> &'static str {
+        match self.backend {
+            Store::Sqlite => "database (sqlite)",
+            _ => "database (postgres)",
         }
     }
 

@@ -36,7 +36,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::sql::Calls;
+use super::sql::{self, Calls};
 use super::{
     split_roles, Account, ActiveRecord, Activity, AuthEvent, Credentials, Device, IpRecord,
     NewUser, RecordStore, SessionEnd, SessionRecord, StoreError, StoredSigningKey, User,
@@ -184,11 +184,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             // Only this process's own connections contend for the file: a writer waits for
-            // another to commit, for as long as a caller would wait for the answer anyway.
-            .busy_timeout(timeout);
+            // another to commit, for as long as a caller would wait for a connection (so a
+            // statement that never got the lock fails as not sent, see `sql::wait_timeout`).
+            .busy_timeout(sql::wait_timeout(timeout));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(timeout)
+            .acquire_timeout(sql::wait_timeout(timeout))
             // Eager, unlike Postgres: a local file that cannot be opened (missing directory,
             // permissions) will not heal by itself, so it is a start-up error.
             .connect_with(options)
