@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
-use tokio::net::TcpListener;
 
 /// One line on the real stderr (past the test harness's capture): the measured numbers.
 fn note(line: &str) {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tokio::net::TcpListener;
 
 /// A public route to the echo upstream, as `gateway.toml` lines.
 fn public_route(gateway: &Gateway, prefix: &str) -> String {
