@@ -1376,7 +1376,7 @@ impl Gateway {
             child: Some(child),
             dir,
         };
-        gateway.wait_until_up(options.wait_for_ready).await;
+        gateway.wait_until_up(options.wait_for_ready, true).await;
         if options.wait_for_ready && options.redis_url.is_none() {
             gateway.assert_runs_on_its_pair().await;
         }
@@ -1400,11 +1400,22 @@ impl Gateway {
     }
 
     /// Polls `/healthz` (or `/readyz`) until 200 and the public listener accepts connections.
-    async fn wait_until_up(&mut self, ready: bool) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let healthz = self.admin_url(if ready { "/readyz" } else { "/healthz" });
+    /// With `may_move`, a first start that found one of its ports taken (by a process outside
+    /// this test binary, between [`free_port`] and the gateway's bind: `authgate` refuses to
+    /// start then) is tried again on other ports, up to three times.
+    async fn wait_until_up(&mut self, ready: bool, may_move: bool) {
+        let mut deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut moves = 0;
         loop {
+            let healthz = self.admin_url(if ready { "/readyz" } else { "/healthz" });
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let refusals = self.logs().matches("authgate: cannot listen on").count();
+                if may_move && moves < 3 && refusals > moves {
+                    moves += 1;
+                    self.move_to_free_ports();
+                    deadline = Instant::now() + STARTUP_TIMEOUT;
+                    continue;
+                }
                 panic!(
                     "authgate exited during start-up ({status}).\nconfig:\n{}\nlog:\n{}",
                     std::fs::read_to_string(&self.config_path).unwrap_or_default(),
@@ -1429,6 +1440,27 @@ impl Gateway {
         }
     }
 
+    /// Rewrites the config with new listen and admin ports and starts the gateway again.
+    fn move_to_free_ports(&mut self) {
+        let (listen, admin) = (self.listen, self.admin);
+        self.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        self.admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut config = std::fs::read_to_string(&self.config_path).unwrap();
+        // An address ends at a quote or a path (`"…:P"`, `"http://…:P/…"`), never inside
+        // a longer port number.
+        for (old, new) in [(listen, self.listen), (admin, self.admin)] {
+            for end in ['"', '/'] {
+                config = config.replace(&format!("{old}{end}"), &format!("{new}{end}"));
+            }
+        }
+        std::fs::write(&self.config_path, config).unwrap();
+        self.child = Some(spawn_gateway(
+            &self.config_path,
+            &self.dir.path,
+            &self.log_path,
+        ));
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir.path
     }
@@ -1449,7 +1481,7 @@ impl Gateway {
             &self.dir.path,
             &self.log_path,
         ));
-        self.wait_until_up(true).await;
+        self.wait_until_up(true, false).await;
     }
 
     pub fn pid(&self) -> u32 {
