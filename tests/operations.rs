@@ -751,7 +751,6 @@ async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
     .await;
 }
 
-/// The harness's routes plus a public `/slow/` route to `upstream`, with a long grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_checked_as_postgres_goes_away_is_counted_once_it_is_back() {
     if !require_backend(
@@ -816,6 +815,7 @@ async fn a_wrong_password_checked_as_postgres_goes_away_is_counted_once_it_is_ba
     assert_eq!(count().await, 1, "the failure was counted more than once");
 }
 
+/// The harness's routes plus a public `/slow/` route to `upstream`, with a long grace period.
 fn with_slow_route(upstream: &EchoServer) -> GatewayOptions {
     let mut options = GatewayOptions::new().routes(vec![
         RouteSpec::required("/", Upstream::Echo),
