@@ -226,16 +226,26 @@ fn check_listen_addresses(config: &Config) -> anyhow::Result<()> {
         ("server.admin_listen", Some(config.server.admin_listen)),
         ("demo.listen", config.demo),
     ];
+    // Held until every address is probed: two of them that overlap (`0.0.0.0:8080` and
+    // `127.0.0.1:8080`) would stop pingora as surely as another process.
+    let mut bound: Vec<(&str, std::net::SocketAddr, std::net::TcpListener)> = Vec::new();
     for (key, address) in addresses {
         let Some(address) = address else { continue };
-        if let Err(error) = std::net::TcpListener::bind(address) {
-            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
-                " (another process listens there: is authgate already running? `authgate run \
-                 --upgrade` takes over a running gateway's sockets)"
-            } else {
-                ""
-            };
-            anyhow::bail!("cannot listen on {address} ({key}): {error}{hint}");
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => bound.push((key, address, listener)),
+            Err(error) => {
+                let overlap = bound
+                    .iter()
+                    .find(|(_, other, _)| other.port() == address.port());
+                let hint = match overlap {
+                    _ if error.kind() != std::io::ErrorKind::AddrInUse => String::new(),
+                    Some((other_key, other, _)) => format!(" (it overlaps {other_key} = {other})"),
+                    None => " (another process listens there: is authgate already running? \
+                             `authgate run --upgrade` takes over a running gateway's sockets)"
+                        .to_string(),
+                };
+                anyhow::bail!("cannot listen on {address} ({key}): {error}{hint}");
+            }
         }
     }
     Ok(())
