@@ -572,6 +572,22 @@ fn check_rejects_a_missing_file() {
 }
 
 #[test]
+fn check_refuses_a_database_timeout_out_of_range() {
+    let config = valid_config();
+    assert!(
+        config.contains("database_max_connections = 5\n"),
+        "{config}"
+    );
+    for value in ["0s", "5ms", "2h"] {
+        let with = config.replace(
+            "database_max_connections = 5\n",
+            &format!("database_max_connections = 5\ndatabase_timeout = \"{value}\"\n"),
+        );
+        assert_check_rejects(&with, "storage.database_timeout");
+    }
+}
+
+#[test]
 fn check_refuses_zero_lockout_and_window() {
     let with = |window: &str, lockout: &str| {
         GatewayOptions::new()
@@ -775,12 +791,14 @@ async fn a_wrong_password_checked_as_postgres_goes_away_is_counted_once_it_is_ba
     let wrong = json!({"email": email, "password": "wrong-password-1"});
     let started = std::time::Instant::now();
     let guess = gateway.post_json("/auth/login", &wrong, None);
+    // bcrypt at cost 14 takes seconds in a test build; the account is read within the first.
     let cut = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         postgres.stop();
     };
     let (response, ()) = tokio::join!(guess, cut);
     let took = started.elapsed();
+    eprintln!("the wrong password was answered after {took:?} (Postgres cut off after 1 s)");
     assert_eq!(response.status(), 401, "{}", response.text().await.unwrap());
     let count = || async {
         gateway

@@ -874,6 +874,12 @@ fn validate_storage(storage: &StorageSection) -> Result<(), Invalid> {
             "must be at least 1",
         ));
     }
+    within(
+        "storage.database_timeout",
+        storage.database_timeout,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    )?;
     Ok(())
 }
 

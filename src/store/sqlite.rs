@@ -184,8 +184,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             // Only this process's own connections contend for the file: a writer waits for
-            // another to commit, for as long as a caller would wait for a connection (so a
-            // statement that never got the lock fails as not sent, see `sql::wait_timeout`).
+            // another to commit, for as long as a caller would wait for a connection (see
+            // `sql::wait_timeout`).
             .busy_timeout(sql::wait_timeout(timeout));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
