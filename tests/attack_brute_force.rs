@@ -43,15 +43,19 @@ async fn failed_login_attempts(gateway: &Gateway, email: &str) -> i64 {
 
 /// Asserts `users.failed_login_attempts` is `expected`. The request writes it before answering;
 /// only when the database did not take the write then is it queued and written again, so the
-/// value may take a moment to arrive, but must then be exact (never counted twice).
+/// value may take a moment to arrive, but must then be exact and stay so (never counted twice).
 async fn assert_failed_login_attempts(gateway: &Gateway, email: &str, expected: i64, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen_since = None;
     loop {
         let count = failed_login_attempts(gateway, email).await;
+        let now = std::time::Instant::now();
         if count == expected {
-            return;
-        }
-        if std::time::Instant::now() >= deadline || count > expected {
+            let since = *seen_since.get_or_insert(now);
+            if now - since >= Duration::from_millis(500) {
+                return;
+            }
+        } else if seen_since.is_some() || now >= deadline || count > expected {
             let logs = gateway.logs();
             let store_trouble: Vec<&str> = logs
                 .lines()
@@ -319,6 +323,7 @@ async fn the_owner_signing_in_restarts_the_count_but_never_lifts_a_lock() {
             401
         );
     }
+    assert_failed_login_attempts(&gateway, &email, 4, "four failures before the sign-in").await;
     gateway.login(&email, &password).await;
     assert_failed_login_attempts(&gateway, &email, 0, "a successful sign-in resets the count")
         .await;

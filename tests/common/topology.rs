@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, random_hex};
+use super::{claim_port, free_port, random_hex};
 
 /// How long a deployment gets to come up (cluster state ok, sentinels agreeing).
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,11 +159,15 @@ impl Drop for RedisProcess {
     }
 }
 
-/// A port that is free, and whose cluster-bus port (+10000) is free too.
+/// A port that is free, and whose cluster-bus port (+10000) is free too; both are claimed,
+/// so [`free_port`] hands neither out again in this test process.
 fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port < 55_000
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            && claim_port(port + 10_000)
+        {
             return port;
         }
     }
