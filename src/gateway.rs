@@ -75,7 +75,7 @@ const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// A `Cookie` header larger than this is refused (431): no legitimate session needs it.
 const MAX_COOKIE_BYTES: usize = 8 * 1024;
 
-/// The forward-auth check (SPEC §3): answered by the gateway, never by the `/auth` API.
+/// The forward-auth check (contract §3): answered by the gateway, never by the `/auth` API.
 const VERIFY_PATH: &str = "/auth/verify";
 
 /// How long a client may take to send an `/auth` request body.
@@ -535,7 +535,7 @@ impl Gateway {
         ]
     }
 
-    /// SPEC §2 step 3, on the way back: an upstream's `Set-Cookie` for the gateway's own
+    /// contract §2 step 3, on the way back: an upstream's `Set-Cookie` for the gateway's own
     /// cookies and any identity header are removed before the client sees them; the
     /// gateway's own response headers (`nosniff`, HSTS) are added.
     fn guard_response(&self, response: &mut ResponseHeader) -> pingora::Result<()> {

@@ -1,5 +1,5 @@
 //! Request path normalisation, so the route the gateway authorises is the resource the upstream
-//! serves (SPEC §2 step 0).
+//! serves (contract §2 step 0).
 //!
 //! [`normalize`] turns the raw path bytes into one canonical form, which is both what the route
 //! table matches and what the upstream is sent:

@@ -3,7 +3,7 @@
 //! Longest prefix wins; among equal prefixes a route bound to the request's host beats a
 //! host-less one. A route marked `case_insensitive` matches its prefix regardless of case.
 //!
-//! [`RouteTable::resolve`] also checks SPEC §2 step 0's promise: every other reading an
+//! [`RouteTable::resolve`] also checks contract §2 step 0's promise: every other reading an
 //! upstream may make of the normalised path (decoded, `;params` stripped, folded as
 //! case-insensitive servers read it; see `path.rs`) must be served with the same protection as
 //! the path itself, and no reading may spell `/auth`; otherwise the request is refused.

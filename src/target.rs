@@ -1,4 +1,4 @@
-//! One reading of the request (SPEC §2 step 0): the request target and the Host, read once,
+//! One reading of the request (contract §2 step 0): the request target and the Host, read once,
 //! before anything routes on them.
 //!
 //! Only origin-form (`/path?query`) and absolute-form (`http(s)://authority/path?query`)

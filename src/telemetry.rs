@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSection};
 
-/// The auth decision taken for a request (SPEC §8 "auth decisions").
+/// The auth decision taken for a request (contract §8 "auth decisions").
 #[derive(Debug, Clone, Copy)]
 ///
 /// One per request that reaches a decision on the proxy path (or the per-IP limiter, on any

@@ -2,7 +2,7 @@
 //! over gateway instances, through the sign-in form or with re-cased e-mails), and credential
 //! stuffing: many accounts tried from one IP.
 //!
-//! Guarantee (SPEC §5): `max_failures` failed logins for a normalised e-mail within `window`
+//! Guarantee (contract §5): `max_failures` failed logins for a normalised e-mail within `window`
 //! lock it for `lockout`: 429 `account_locked` with `Retry-After`, even to the right password.
 //! The count lives in Redis (atomic, shared by every instance) and is mirrored into
 //! `users.failed_login_attempts`. More than `max_attempts_per_ip` login attempts from one IP

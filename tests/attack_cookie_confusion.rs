@@ -5,7 +5,7 @@
 //! or with a narrower path comes first) so that "first wins" picks the attacker's session; a
 //! prefixed spelling (`__Host-`, `__Secure-`) smuggles a token past the forwarded-cookie filter.
 //!
-//! Guarantee (SPEC §2 step 3, `session/cookie.rs`, `gateway.rs`): an upstream's `Set-Cookie`
+//! Guarantee (contract §2 step 3, `session/cookie.rs`, `gateway.rs`): an upstream's `Set-Cookie`
 //! for the gateway's session or CSRF cookie, in any prefix variant or case, and any identity
 //! header are removed from its response; a request carrying the session cookie more than once
 //! with different values is treated as signed out (401, or the sign-in redirect), never

@@ -3,7 +3,7 @@
 //! change the password, register, or sign in to the attacker's account (login CSRF), with HTML
 //! forms (url-encoded, multipart, text/plain carrying JSON) or scripted requests.
 //!
-//! Guarantee (SPEC §5): a state-changing `/auth` request (POST/DELETE) whose `Origin` (or, with
+//! Guarantee (contract §5): a state-changing `/auth` request (POST/DELETE) whose `Origin` (or, with
 //! no Origin, `Referer`) is not the configured public origin gets 403 `csrf_failed`; a form
 //! post needs a `csrf_token` field equal to the `authgate_csrf` cookie (double submit), or it
 //! gets the 403 "This form was refused" page, which says why; and a refused request changes nothing.

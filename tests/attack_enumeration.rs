@@ -1,7 +1,7 @@
 //! Attack: account enumeration through `/auth/login`: telling registered e-mails from unknown
 //! ones by the status, body, headers, lockout behaviour or response time of a failed login.
 //!
-//! Guarantee (SPEC §5): an unknown e-mail and a wrong password get the same status (401), the
+//! Guarantee (contract §5): an unknown e-mail and a wrong password get the same status (401), the
 //! same body and the same headers, lock out the same way, and take the same time within noise
 //! (an unknown e-mail is verified against a dummy bcrypt hash).
 

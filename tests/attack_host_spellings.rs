@@ -3,7 +3,7 @@
 //! ports, a list, spaces, two Host headers, none at all), or name one host in an absolute-form
 //! target and another in the Host header.
 //!
-//! Guarantee (SPEC §2 step 0, `target.rs`): the Host is lower-cased and its trailing dot and
+//! Guarantee (contract §2 step 0, `target.rs`): the Host is lower-cased and its trailing dot and
 //! port removed before matching; a malformed Host, a missing one on HTTP/1.1 or one that
 //! disagrees with the target's authority is refused with 400 `invalid_host`; upstreams get the
 //! normalised Host.

@@ -4,7 +4,7 @@
 //! (`X-Forwarded-User`, `Remote-User`, `X-Auth-Request-*`), on public and protected routes, or
 //! tries to make the gateway drop the real one.
 //!
-//! Guarantee (SPEC §2.3): every such header a client sends is removed on every route, before
+//! Guarantee (contract §2.3): every such header a client sends is removed on every route, before
 //! anything else reads it; on a protected route the upstream receives exactly one `X-User-Id`,
 //! the signed-in user's; and none of them authenticates anyone to the gateway itself.
 

@@ -3,7 +3,7 @@
 //! for IPv4, in a different rate-limit or login bucket than the same client's plain IPv4
 //! address, recorded differently in the audit trail.
 //!
-//! Guarantee (SPEC §2 step 0, `client_ip.rs`): IPv4-mapped peers (and forwarded addresses)
+//! Guarantee (contract §2 step 0, `client_ip.rs`): IPv4-mapped peers (and forwarded addresses)
 //! count as the IPv4 address they are everywhere: trusted proxies, rate-limit and login
 //! buckets, audit rows, IP history and location.
 

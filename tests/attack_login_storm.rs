@@ -2,7 +2,7 @@
 //! concurrent logins (a botnet guessing passwords, or just hammering `/auth/login`) tries to
 //! eat every CPU and thread so that signed-in users' proxied requests stall.
 //!
-//! Guarantee (SPEC §5): bcrypt runs on a bounded pool (`[password] max_concurrent_hashes`),
+//! Guarantee (contract §5): bcrypt runs on a bounded pool (`[password] max_concurrent_hashes`),
 //! never on the proxy's threads; logins beyond the queue wait up to `hash_queue_timeout` and
 //! then get 503 (or 429 from the limits); meanwhile proxied traffic keeps flowing.
 

@@ -3,7 +3,7 @@
 //! real sign-in page send a freshly signed-in user to the attacker's site, or injects headers
 //! into the redirect.
 //!
-//! Guarantee (SPEC §5): after a successful sign-in (and on the sign-in page for someone already
+//! Guarantee (contract §5): after a successful sign-in (and on the sign-in page for someone already
 //! signed in) the 303 `Location` is `rd` only when `rd` is a local path; anything else
 //! (`//host`, schemes, backslashes, their percent-encoded, double-encoded and
 //! whitespace-padded forms) becomes `/`. The 302 from a protected route to the sign-in page

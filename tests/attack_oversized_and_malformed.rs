@@ -3,7 +3,7 @@
 //! CR/LF header injection, invalid UTF-8, NUL bytes, JSON nesting bombs, SQL metacharacters,
 //! absurdly long fields.
 //!
-//! Guarantee (SPEC §3, §5): `/auth` bodies over 16 KiB → 413; a wrong content type → 415 (a
+//! Guarantee (contract §3, §5): `/auth` bodies over 16 KiB → 413; a wrong content type → 415 (a
 //! form-capable one → 403); a Cookie header over 8 KiB or headers over 32 KiB in total → 431;
 //! header values with CR/LF never reach an upstream; everything else a client can send gets a
 //! clean 4xx, never a 5xx; and none of it changes the database: a pre-existing user can still

@@ -5,7 +5,7 @@
 //! absolute-form targets), or that dodge route matching altogether. Sent as raw request lines,
 //! because HTTP client libraries normalise such paths before sending.
 //!
-//! Guarantee (SPEC §2 and `path.rs`): the path is normalised before route matching: percent-
+//! Guarantee (contract §2 and `path.rs`): the path is normalised before route matching: percent-
 //! escapes of unreserved characters are decoded, repeated slashes merged, and dot-segments
 //! (also encoded) and backslashes (also encoded) refused with 400. The normalised path is the
 //! one matched and the one forwarded, so without a session no trick reaches a protected

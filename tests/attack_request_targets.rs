@@ -5,7 +5,7 @@
 //! slashes (`/admin%2Fsecret`), `;` parameters (`/admin;x/secret`), double encoding, case and
 //! trailing-dot tricks for IIS-style upstreams, and `/auth` spelled so the gateway forwards it.
 //!
-//! Guarantee (SPEC §2 step 0, `target.rs`, `path.rs`, `routes.rs`): only origin-form and
+//! Guarantee (contract §2 step 0, `target.rs`, `path.rs`, `routes.rs`): only origin-form and
 //! absolute-form targets are accepted; the path is normalised once and the upstream is sent
 //! that normalised target, rebuilt; every reading an upstream may make of it (percent-decoded
 //! repeatedly, `;params` stripped, folded as case-insensitive servers read paths) is routed

@@ -2,7 +2,7 @@
 //! transport security, or frame a request body two ways with a `Content-Length` list
 //! (`3, 3`, or `3` and `4`) so the gateway and the upstream disagree where the body ends.
 //!
-//! Guarantee (SPEC §2, `respond.rs`, `target.rs`): everything the gateway answers itself
+//! Guarantee (contract §2, `respond.rs`, `target.rs`): everything the gateway answers itself
 //! carries `X-Content-Type-Options: nosniff`; with `server.hsts` every response carries
 //! `Strict-Transport-Security`; a repeated `Content-Length` is forwarded as one value when all
 //! values agree and refused with 400 otherwise.

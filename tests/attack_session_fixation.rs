@@ -2,7 +2,7 @@
 //! browser (his own live session, or a value he made up) and waits for the victim to sign in,
 //! hoping the victim's session ends up under a token he holds.
 //!
-//! Guarantee (SPEC §4): every sign-in issues a new random token (≥ 128 bits); a session
+//! Guarantee (contract §4): every sign-in issues a new random token (≥ 128 bits); a session
 //! cookie presented at sign-in is revoked, and a made-up value is never adopted.
 
 mod common;

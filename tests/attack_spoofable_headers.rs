@@ -4,7 +4,7 @@
 //! the user, as other authentication gateways set them (`Remote-User`, `X-Forwarded-Groups`,
 //! `X-WEBAUTH-USER`, `X-Auth-Request-Email`, ...).
 //!
-//! Guarantee (SPEC §2 step 3, `identity.rs`): every such header is removed from every request,
+//! Guarantee (contract §2 step 3, `identity.rs`): every such header is removed from every request,
 //! on public and protected routes, in any case and with `_` for `-`, before anything reads it;
 //! `server.strip_headers` adds more.
 

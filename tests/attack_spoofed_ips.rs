@@ -2,7 +2,7 @@
 //! (rotating the values) to get a fresh rate-limit bucket for every request, to hide or forge
 //! the address recorded for its sessions, or to mislead the upstream about who is calling.
 //!
-//! Guarantee (SPEC §2.1): the client IP is the TCP peer unless the peer is in
+//! Guarantee (contract §2.1): the client IP is the TCP peer unless the peer is in
 //! `trusted_proxies`; only then are `X-Forwarded-For` / `Forwarded` believed, walked right to
 //! left, and the rightmost hop that is not itself a trusted proxy is the client. That address
 //! keys the login and request rate limits, is what `/auth/user/ips` records, and is the

@@ -4,7 +4,7 @@
 //! or a dump of Redis or Postgres; and planting a cookie from a sibling subdomain (cookie
 //! tossing) in a Secure deployment.
 //!
-//! Guarantee (SPEC §4): the token travels only in the cookie (`HttpOnly`, `SameSite=Lax`,
+//! Guarantee (contract §4): the token travels only in the cookie (`HttpOnly`, `SameSite=Lax`,
 //! `Path=/`; with `secure_cookie = true` also `Secure` and named `__Host-authgate_session`, so
 //! no other host can set it); it is removed from the Cookie header forwarded upstream (other
 //! cookies pass); it appears in no Location, no response body and no log line; and the

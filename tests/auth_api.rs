@@ -1,4 +1,4 @@
-//! The `/auth` API's happy paths and its documented refusals (SPEC §3): register, login,
+//! The `/auth` API's happy paths and its documented refusals (contract §3): register, login,
 //! logout, who-am-I, and what each returns.
 
 mod common;
@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// The user fields SPEC §3 promises, and nothing that looks like a password.
+/// The user fields contract §3 promises, and nothing that looks like a password.
 fn assert_public_user(user: &Value, email: &str) {
     for field in [
         "id",
@@ -109,7 +109,7 @@ async fn duplicate_email_is_rejected_with_409_email_taken_even_with_other_case_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_is_trimmed_of_any_whitespace_before_it_is_validated() {
-    // SPEC §3: "email normalised (trim, lower-case), validated" — normalising comes first, so
+    // contract §3: "email normalised (trim, lower-case), validated" — normalising comes first, so
     // a trailing tab or newline (e.g. pasted from a spreadsheet) is trimmed, not refused.
     let gateway = Gateway::start().await;
     let email = unique_email();
@@ -375,7 +375,7 @@ async fn unknown_auth_path_is_404_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_site_logout_is_refused_with_403() {
-    // SPEC §5: a state-changing /auth request must carry a matching Origin (or Referer), or be
+    // contract §5: a state-changing /auth request must carry a matching Origin (or Referer), or be
     // JSON. A page on evil.example posting to /auth/logout carries neither.
     let gateway = Gateway::start().await;
     let user = gateway.signed_in_user().await;

@@ -1,4 +1,4 @@
-//! What a client can send wrong to `/auth` (SPEC §3): every malformed body gets a 4xx with
+//! What a client can send wrong to `/auth` (contract §3): every malformed body gets a 4xx with
 //! the JSON error shape (never a 500), a 400 names the offending field, and nothing is
 //! created on the way: the same e-mail can still be registered afterwards.
 

@@ -1,5 +1,5 @@
 //! Real-browser end-to-end tests: headless Chromium, driven through ChromeDriver, uses the
-//! gateway's sign-in, sign-up and device pages the way a person would (SPEC §2.7, §3).
+//! gateway's sign-in, sign-up and device pages the way a person would (contract §2.7, §3).
 //!
 //! Every test starts its own gateway (real binary, real Postgres and Redis, echo upstream) and
 //! its own browser contexts. A failing test leaves screenshots in `target/browser-failures/`.

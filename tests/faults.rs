@@ -1,4 +1,4 @@
-//! Faults (SPEC §8 "Failure behaviour", issue 11 point 4): real processes die under a running
+//! Faults (contract §8 "Failure behaviour", issue 11 point 4): real processes die under a running
 //! gateway, and the gateway does what an operator expects.
 //!
 //! - **Redis killed during traffic** (production pair): a private `redis-server` is killed

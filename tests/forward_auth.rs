@@ -1,4 +1,4 @@
-//! Forward-auth (`/auth/verify`, SPEC §3 and §9): authgate beside an existing proxy.
+//! Forward-auth (`/auth/verify`, contract §3 and §9): authgate beside an existing proxy.
 //!
 //! - A live session gets 200 with the identity in response headers (any method), after the
 //!   same checks as a protected route: sliding idle expiry, absolute lifetime, revocation.

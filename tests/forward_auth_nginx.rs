@@ -1,4 +1,4 @@
-//! authgate beside nginx (forward-auth, SPEC §9): Debian's nginx in front of the app (the
+//! authgate beside nginx (forward-auth, contract §9): Debian's nginx in front of the app (the
 //! harness's echo upstream), asking authgate's `/auth/verify` about every request with
 //! `auth_request`, and routing `/auth/` on the app's host to authgate.
 //!

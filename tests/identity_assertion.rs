@@ -1,4 +1,4 @@
-//! The signed identity assertion (SPEC §9): with `[assertion] enabled`, every request forwarded
+//! The signed identity assertion (contract §9): with `[assertion] enabled`, every request forwarded
 //! on a protected route carries `X-Authgate-Assertion`, a short-lived JWT whose public keys are
 //! at `/auth/.well-known/jwks.json`, so an upstream can check a request really came through the
 //! gateway.

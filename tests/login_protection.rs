@@ -1,4 +1,4 @@
-//! Brute-force protection (SPEC §5): repeated failures lock an account, known or not, for a
+//! Brute-force protection (contract §5): repeated failures lock an account, known or not, for a
 //! while, even against the right password; a single IP can only try so many logins.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The metrics an operator scrapes (SPEC §8) and the deployment kit built on them: a live
+//! The metrics an operator scrapes (contract §8) and the deployment kit built on them: a live
 //! `/metrics` scrape passes `promtool check metrics`, every known series exists at zero from the
 //! start, each fact is counted by one counter, and the alert rules, their unit tests, the
 //! Prometheus config and the Grafana dashboard in `deploy/` are valid and name only metrics the

@@ -1,4 +1,4 @@
-//! Running authgate (SPEC §7, §8): metrics, health and readiness, failing closed when Redis is
+//! Running authgate (contract §7, §8): metrics, health and readiness, failing closed when Redis is
 //! gone and recovering when it returns, what the logs may and must contain, `authgate check`,
 //! and SIGTERM.
 
@@ -717,7 +717,7 @@ async fn losing_postgres_keeps_existing_sessions_working_and_makes_login_503() {
     ) {
         return;
     }
-    // SPEC §8: the proxied hot path never touches Postgres; login and register need it.
+    // contract §8: the proxied hot path never touches Postgres; login and register need it.
     let postgres = TcpForwarder::to_postgres().await;
     let gateway = GatewayOptions::new()
         .database_through(&postgres)

@@ -1,4 +1,4 @@
-//! Operator control (SPEC §7, §9): the admin commands against a running gateway, per-route
+//! Operator control (contract §7, §9): the admin commands against a running gateway, per-route
 //! allow lists, roles (`X-User-Roles`, the assertion's `roles`), on both backend pairs.
 //!
 //! The commands are the real binary run as an operator runs it (`authgate user … --config

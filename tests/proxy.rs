@@ -1,4 +1,4 @@
-//! The proxy pipeline (SPEC §2): who gets through to the upstream, what it sees, and what
+//! The proxy pipeline (contract §2): who gets through to the upstream, what it sees, and what
 //! everyone else gets instead.
 
 mod common;
@@ -336,7 +336,7 @@ async fn an_unreachable_upstream_is_a_502_with_a_json_error() {
             gateway.listen
         );
         let response = raw_http(gateway.listen, request.as_bytes()).await;
-        // SPEC §2.8 allows 502 or 503 (an upstream the health check already marked down).
+        // contract §2.8 allows 502 or 503 (an upstream the health check already marked down).
         assert!(
             response.status == 502 || response.status == 503,
             "{path}: status {}",

@@ -1,4 +1,4 @@
-//! Per-IP rate limiting (SPEC §2.2): over the limit every route, `/auth` included, answers
+//! Per-IP rate limiting (contract §2.2): over the limit every route, `/auth` included, answers
 //! 429 `rate_limited` with `Retry-After` and the `RateLimit-*` headers.
 
 mod common;

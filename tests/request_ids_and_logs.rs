@@ -1,4 +1,4 @@
-//! Following one request (SPEC §8 logs): every response carries an `X-Request-Id`, the upstream
+//! Following one request (contract §8 logs): every response carries an `X-Request-Id`, the upstream
 //! receives the same one, a client may not choose it unless it is a trusted proxy, and the
 //! request's log line names it. Logs written to a file carry no terminal colour codes, and
 //! pingora's own long messages are summarised.

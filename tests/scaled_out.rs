@@ -1,4 +1,4 @@
-//! The scaled-out deployment (SPEC §8 mode 3), as `deploy/scaled-out/` ships it: three gateways
+//! The scaled-out deployment (contract §8 mode 3), as `deploy/scaled-out/` ships it: three gateways
 //! sharing Redis and Postgres behind HAProxy in `mode tcp`.
 //!
 //! The example's files are the test's templates: each gateway runs

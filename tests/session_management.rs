@@ -1,5 +1,5 @@
-//! Managing one's own sessions (SPEC §3): list them, revoke one or all others, change the
-//! password; and the CSRF rule that guards these state changes (SPEC §5).
+//! Managing one's own sessions (contract §3): list them, revoke one or all others, change the
+//! password; and the CSRF rule that guards these state changes (contract §5).
 
 mod common;
 

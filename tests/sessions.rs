@@ -1,4 +1,4 @@
-//! Session lifetime and storage (SPEC §4): sliding idle expiry, absolute lifetime, logout,
+//! Session lifetime and storage (contract §4): sliding idle expiry, absolute lifetime, logout,
 //! fixation, the per-user cap, and what the stores are allowed to remember about a token.
 
 mod common;

@@ -55,7 +55,7 @@ const RSS_GROWTH_BOUND_KIB: u64 = 8 * 1024;
 /// like the production pair. So the embedded pair may grow by the bound above plus a full
 /// page cache per connection.
 const SQLITE_PAGE_CACHE_KIB: u64 = 2000;
-/// `/auth` bodies over 16 KiB get 413 (SPEC §5).
+/// `/auth` bodies over 16 KiB get 413 (contract §5).
 const OVERSIZED_BODY_BYTES: usize = 17 * 1024;
 
 /// What one request is, and therefore which statuses it may get.

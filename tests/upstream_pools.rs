@@ -1,4 +1,4 @@
-//! Upstream pools (SPEC §2 step 8): how a route spreads requests over its upstreams, takes a
+//! Upstream pools (contract §2 step 8): how a route spreads requests over its upstreams, takes a
 //! failing one out and brings it back, retries a failed connect elsewhere (idempotent requests
 //! only), and talks TLS to an upstream.
 

@@ -1,4 +1,4 @@
-//! Sessions, devices and IP history (SPEC §3, §4, §6; issue 3): what a login records, the
+//! Sessions, devices and IP history (contract §3, §4, §6; issue 3): what a login records, the
 //! signed-in user's session / device / IP lists, revocation, the per-user cap, password change,
 //! the write-behind activity flush, the expiry job, the audit trail, the anomaly checks, the
 //! session metrics and the location of an address.

@@ -1,4 +1,4 @@
--- Users, session records and the audit trail (SPEC §6).
+-- Users, session records and the audit trail (contract §6).
 -- Session tokens are never stored: only the hex SHA-256 of the token.
 
 CREATE TABLE users (

@@ -1,4 +1,4 @@
--- Devices and IP history (SPEC §6), linked from session records.
+-- Devices and IP history (contract §6), linked from session records.
 
 CREATE TABLE devices (
     id              uuid PRIMARY KEY,

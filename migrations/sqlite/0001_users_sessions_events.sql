@@ -1,4 +1,4 @@
--- Users, session records and the audit trail (SPEC §6): the SQLite twin of
+-- Users, session records and the audit trail (contract §6): the SQLite twin of
 -- migrations/postgres/0001. Same tables, columns, uniques and checks; a change to one
 -- folder needs its twin in the other (same version number), or the backends drift apart.
 --

@@ -1,4 +1,4 @@
--- Devices and IP history (SPEC §6), linked from session records: the SQLite twin of
+-- Devices and IP history (contract §6), linked from session records: the SQLite twin of
 -- migrations/postgres/0002 (storage forms as described in 0001).
 
 CREATE TABLE devices (

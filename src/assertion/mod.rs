@@ -1,4 +1,4 @@
-//! The signed identity assertion (SPEC §9): with `[assertion] enabled`, every request forwarded
+//! The signed identity assertion (contract §9): with `[assertion] enabled`, every request forwarded
 //! on a protected route (unless the route says `assertion = false`) carries
 //! `X-Authgate-Assertion`, a short-lived JWT (EdDSA or ES256) an upstream verifies against
 //! `/auth/.well-known/jwks.json` to know the request came through the gateway.

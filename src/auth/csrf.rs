@@ -1,4 +1,4 @@
-//! Cross-site request forgery defence for state-changing `/auth` requests (SPEC §5).
+//! Cross-site request forgery defence for state-changing `/auth` requests (contract §5).
 //!
 //! A request is refused (403) when:
 //! - it carries an `Origin` (or, without one, a `Referer`) that is not one of the configured

@@ -1,4 +1,4 @@
-//! The `/auth` API, answered by the gateway itself (SPEC §3).
+//! The `/auth` API, answered by the gateway itself (contract §3).
 //!
 //! The gateway hands over an [`AuthRequest`] (method, path, headers, the already size-capped
 //! body, client IP) and writes back the [`AuthResponse`]. Handlers see stores only through
@@ -30,7 +30,7 @@ use crate::telemetry::Metrics;
 use csrf::CsrfPolicy;
 pub use pages::Pages;
 
-/// Request bodies on `/auth` larger than this get 413 (SPEC §5).
+/// Request bodies on `/auth` larger than this get 413 (contract §5).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub struct AuthRequest {

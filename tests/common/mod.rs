@@ -1684,7 +1684,7 @@ impl Gateway {
     }
 
     /// POST /auth/logout as a same-origin browser `fetch` sends it (with `Origin`, no body),
-    /// which the CSRF rule (SPEC §5) must let through. The token may be absent.
+    /// which the CSRF rule (contract §5) must let through. The token may be absent.
     pub async fn logout(&self, token: Option<&str>) -> reqwest::Response {
         let origin = self.public_origin();
         self.request(

@@ -1,4 +1,4 @@
-//! Brute-force protection for `/auth/login` and `/auth/register` (SPEC §5): the policy, and
+//! Brute-force protection for `/auth/login` and `/auth/register` (contract §5): the policy, and
 //! the [`LoginGuard`] trait its two backends implement side by side — `redis` (shared by every
 //! gateway instance) and `memory` (the embedded mode). The contract tests run the same cases
 //! against both.
